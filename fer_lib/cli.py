@@ -1,0 +1,43 @@
+"""The `fer` command: one subcommand per study step.
+
+    fer preprocess SOURCE --out data/fer2013.h5
+    fer train --data data/fer2013.h5 --model vgg_small
+    fer tune | evaluate | video | study ...   (fer SUBCOMMAND --help)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each module owns its flags (add_arguments) and its action (run); imported lazily so
+# `fer preprocess` doesn't pay for Optuna or OpenCV video imports.
+COMMANDS = {
+    "preprocess": ("fer_lib.data", "ingest FER-2013 into HDF5"),
+    "train": ("fer_lib.train", "train a CNN, selecting on PublicTest"),
+    "tune": ("fer_lib.tune", "Optuna hyper-parameter search on PublicTest"),
+    "evaluate": ("fer_lib.evaluate", "metrics, calibration and figures for a checkpoint"),
+    "video": ("fer_lib.video", "emotion overlay on a video file or webcam"),
+    "study": ("fer_lib.study", "run notebooks 01-05 with papermill and render reports"),
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        print("usage: fer COMMAND [options]\n\ncommands:\n" +
+              "\n".join(f"  {c:<{width}}  {h}" for c, (_, h) in COMMANDS.items()))
+        return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    parser = argparse.ArgumentParser(prog=f"fer {argv[0]}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return module.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: synthetic data for a fresh clone, the real FER-2013 when present."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_zip_path() -> Path | None:
+    """FER-2013 archive from $FER2013_ZIP or ../shared/fer2013/archive.zip; None if absent."""
+    p = Path(os.environ.get("FER2013_ZIP", ROOT.parent / "shared" / "fer2013" / "archive.zip"))
+    return p if p.exists() else None
+
+
+def real_video_path() -> Path | None:
+    p = Path(os.environ.get("FER_VIDEO", ROOT.parent / "shared" / "video" / "Megamind.avi"))
+    return p if p.exists() else None
+
+
+@pytest.fixture(scope="session")
+def synthetic_h5(tmp_path_factory):
+    """A small synthetic FER-shaped HDF5: 40/10/10 faces per class."""
+    from fer_lib.synthetic import write_synthetic_h5
+    return write_synthetic_h5(tmp_path_factory.mktemp("syn") / "synthetic.h5", n_per_class=(40, 10, 10), seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_zip():
+    p = real_zip_path()
+    if p is None:
+        pytest.skip("FER-2013 not present (set FER2013_ZIP)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def real_h5(real_zip, tmp_path_factory):
+    """The real archive ingested once per test session (~10 s)."""
+    from fer_lib.data import build_hdf5
+    return build_hdf5(real_zip, tmp_path_factory.mktemp("real") / "fer2013.h5")
+
+
+@pytest.fixture(scope="session")
+def real_video():
+    p = real_video_path()
+    if p is None:
+        pytest.skip("Megamind.avi not present (set FER_VIDEO)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_h5, tmp_path_factory):
+    """A vgg_small trained for 2 epochs on the synthetic data (seconds), as a checkpoint path."""
+    from fer_lib.train import fit, resolve_config
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = resolve_config(data=str(synthetic_h5), out=str(out), model="vgg_small", epochs=2,
+                         batch_size=32, lr=0.01, progress=False, seed=0)
+    fit(cfg)
+    return out / "best.pt"
