@@ -133,6 +133,17 @@ def count_macs(model: nn.Module, img_size: int = 48, in_chans: int = 1) -> int:
     return int(sum(macs))
 
 
+def summarize_models(names=None, **kwargs) -> list[dict]:
+    """One row per registered model (pandas-friendly): name, parameters, multiply-adds per 48x48
+    image, and the first line of its docstring. kwargs (e.g. activation) go to create_model."""
+    rows = []
+    for name in names or list_models():
+        model = create_model(name, **kwargs)
+        rows.append({"model": name, "params": count_params(model), "macs": count_macs(model),
+                     "description": (_MODELS[name].__doc__ or "").strip().split("\n")[0]})
+    return rows
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_VERSION = 1

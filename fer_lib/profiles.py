@@ -14,14 +14,14 @@ PROFILES = {
         "02_train_cnn": {"model": "vgg_small", "epochs": 2, "train_fraction": 0.05, "batch_size": 64},
         "03_optuna": {"n_trials": 4, "epochs_per_trial": 2, "train_fraction": 0.03, "timeout": 300},
         "04_evaluate": {"tta": False, "n_bootstrap": 200},
-        "05_live_video": {"max_seconds": None},
+        "05_live_video": {"max_seconds": None, "stream_runs": 20},
     },
     "full": {
         "01_preprocess": {},
         "02_train_cnn": {"model": "vgg_small", "epochs": 16, "train_fraction": 1.0, "batch_size": 128},
         "03_optuna": {"n_trials": 30, "epochs_per_trial": 4, "train_fraction": 0.25, "timeout": 3600},
         "04_evaluate": {"tta": True, "n_bootstrap": 1000},
-        "05_live_video": {"max_seconds": None},
+        "05_live_video": {"max_seconds": None, "stream_runs": 200},
     },
 }
 

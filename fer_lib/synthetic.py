@@ -10,15 +10,21 @@ CNN has something real to learn. It is NOT FER-2013; files carry
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .data import CLASS_NAMES, IMAGE_SIZE, SPLITS, _write_hdf5
+from .data import CLASS_NAMES, IMAGE_SIZE, SPLITS, build_hdf5, read_info, write_hdf5
+
+SYNTHETIC_NOTICE = """\
+SYNTHETIC DATA: these are procedural cartoon faces, NOT FER-2013. Results on them
+only show that the pipeline runs; they say nothing about facial-expression recognition.
+To use FER-2013: download the Kaggle "FER-2013" dataset (archive.zip, image folders)
+or the original fer2013.csv, then run
+    fer preprocess path/to/archive.zip --out data/fer2013.h5
+and pass that file (or the archive as `source`) to the notebooks."""
 
 # Per class: (brow tilt, brow height, mouth curve, mouth open, eye open).
 # tilt > 0: inner ends down (angry); curve > 0: smile; open: mouth height.
@@ -88,23 +94,33 @@ def make_splits(n_per_class=(40, 10, 10), seed: int = 0) -> dict:
 
 
 def write_synthetic_h5(path, n_per_class=(40, 10, 10), seed: int = 0) -> Path:
-    """Write a synthetic FER-shaped HDF5 (same layout as `fer preprocess`), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        name = f"synthetic(n_per_class={tuple(n_per_class)}, seed={seed})"
-        _write_hdf5(tmp, make_splits(n_per_class, seed), Path(name), f"synthetic-{seed}", False)
-        import h5py
-        with h5py.File(tmp, "a") as f:
-            f.attrs["synthetic"] = True
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a synthetic FER-shaped HDF5 (same layout as `fer preprocess`, synthetic=True), atomically."""
+    name = f"synthetic(n_per_class={tuple(n_per_class)}, seed={seed})"
+    return write_hdf5(path, make_splits(n_per_class, seed), source=name, source_name=name,
+                      source_sha256=f"synthetic-{seed}", resized_allowed=False, synthetic=True)
+
+
+def prepare_dataset(source, h5_path, synthetic_per_class=(400, 60, 60), seed: int = 0, resize: bool = False,
+                    progress: bool = True) -> dict:
+    """The HDF5 a notebook works on, and read_info() of it (plus "path").
+
+    source given: ingest it (build_hdf5; reused if unchanged). No source: keep a real
+    FER-2013 file already at h5_path (never overwrite one with cartoons), else write
+    synthetic faces there and say so loudly.
+    """
+    h5_path = Path(h5_path)
+    if source:
+        build_hdf5(source, h5_path, resize=resize, progress=progress)
+    elif h5_path.exists() and not read_info(h5_path)["synthetic"]:
+        print(f"source is empty: using the FER-2013 file already at {h5_path}")
+    else:
+        write_synthetic_h5(h5_path, synthetic_per_class, seed)
+    info = read_info(h5_path)
+    if info["synthetic"]:
+        print("=" * 88 + "\n" + SYNTHETIC_NOTICE + "\n" + "=" * 88)
+    return {**info, "path": str(h5_path)}
 
 
 if __name__ == "__main__":
+    print(SYNTHETIC_NOTICE)
     print(write_synthetic_h5(sys.argv[1] if len(sys.argv) > 1 else "data/synthetic.h5"))

@@ -294,8 +294,12 @@ def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temp file, then rename: a kill never leaves a half-written checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:   # Ctrl-C mid-write: drop the partial file, keep the previous checkpoint
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fit(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -306,6 +310,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     s = setup(cfg)
+    # before any resume: building the model to count MACs draws from the RNG restored below
+    params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
     history, best, start = [], {"val_acc": -1.0, "epoch": 0}, 1
     if resume and (out / "last.pt").exists():
         ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
@@ -316,7 +322,6 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict:
         history, best, start = ck["history"], ck["best"], ck["epoch"] + 1
         print(f"resuming {out} after epoch {ck['epoch']} (best val_acc {best['val_acc']:.4f})")
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
     t0 = time.time()
     for epoch in range(start, cfg.epochs + 1):
         row = run_epoch(s, epoch)

@@ -1,0 +1,41 @@
+# make setup | test | study-smoke | study | nbval-refs | benchmarks
+# Everything runs from the repo's own venv (.venv); only python3 (>= 3.10) is needed beforehand.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel of torch, installed first so that pip does not resolve a multi-GB CUDA build;
+# GPU users: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+DATA ?= ../shared/fer2013/archive.zip
+
+.PHONY: setup test study-smoke study nbval-refs benchmarks
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0 --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+# Unit tests (real-data tests skip without FER-2013), then the notebooks against their nbval references.
+test: setup
+	$(BIN)/pytest
+	$(BIN)/pytest --nbval-lax tests/nbval
+
+# All five notebooks, smoke-sized: on FER-2013 when $(DATA) exists, else on synthetic faces (it says so loudly).
+study-smoke: setup
+	$(BIN)/fer study --profile smoke $(if $(wildcard $(DATA)),--data $(DATA),)
+
+# The full study on FER-2013: reports/full-real/ (committed).
+study: setup
+	@test -f "$(DATA)" || { echo "FER-2013 not found at $(DATA); make study DATA=path/to/archive.zip"; exit 1; }
+	$(BIN)/fer study --profile full --data $(DATA)
+
+# Re-execute the notebooks (smoke, synthetic) into tests/nbval/ after changing a notebook.
+nbval-refs: setup
+	$(BIN)/fer study --nbval-refs
+
+benchmarks: setup
+	@set -e; for b in $(sort $(wildcard benchmarks/*.py)); do echo "== $$b"; $(BIN)/python $$b; done

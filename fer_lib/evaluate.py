@@ -1,0 +1,412 @@
+"""Evaluate a checkpoint: PublicTest and PrivateTest reported separately, with a bootstrap
+interval, per-class metrics, calibration, test-time augmentation and pictures.
+
+    fer evaluate --checkpoint models/vgg_small_fer2013.pt --data data/fer2013.h5
+    fer evaluate --checkpoint runs/vgg_small/best.pt --data data/fer2013.h5 --tta flip,tencrop --bootstrap 1000
+
+Writes metrics.json and the figures into reports/<checkpoint stem>/ (or --out). The
+temperature is fitted on PublicTest ("val") only and then applied to PrivateTest ("test");
+nothing here picks anything by looking at "test".
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import SPLIT_USAGE, load_split, read_info, source_sha256
+from .models import load_model
+
+TTA_MODES = ("flip", "tencrop")
+EVAL_SPLITS = ("val", "test")  # PublicTest, PrivateTest: Training is never scored here
+ECE_BINS = 15
+
+
+# ----------------------------------------------------------------------------- test-time augmentation
+
+def parse_tta(tta) -> tuple[str, ...]:
+    """None/False/"none" -> (); True -> both modes; "flip,tencrop" or a list -> checked tuple."""
+    if tta is None or isinstance(tta, bool):
+        return TTA_MODES if tta else ()
+    items = tta.split(",") if isinstance(tta, str) else tta
+    modes = tuple(m.strip() for m in items if m.strip() not in ("", "none"))
+    unknown = sorted(set(modes) - set(TTA_MODES))
+    if unknown:
+        raise ValueError(f"unknown TTA mode(s) {unknown}; choose from {', '.join(TTA_MODES)} or none")
+    return modes
+
+
+def tta_views(faces, mode: str = "plain", crop: int = 44) -> torch.Tensor:
+    """uint8 faces (N, 48, 48) -> uint8 views (V, N, 48, 48).
+
+    plain: V=1. flip: the faces and their mirror images, V=2. tencrop: the four corner crops
+    and the centre crop of side `crop`, each resized back to 48x48 (bilinear), then their
+    mirrors, V=10. Resizing rather than padding: a 44->48 zoom (x1.09) with a 2-px shift lies
+    inside the training augmentation (scale 0.9-1.1, shift 10%), padding would add borders.
+    """
+    x = torch.as_tensor(np.ascontiguousarray(faces))
+    if mode == "plain":
+        return x[None]
+    if mode == "flip":
+        return torch.stack([x, x.flip(-1)])
+    if mode != "tencrop":
+        raise ValueError(f"unknown view mode {mode!r}; choose plain, flip or tencrop")
+    h, w = x.shape[-2:]
+    if not 0 < crop <= min(h, w):
+        raise ValueError(f"crop {crop} must be in 1..{min(h, w)}")
+    xf = x[:, None].float()  # (N, 1, 48, 48)
+    offsets = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), ((h - crop) // 2, (w - crop) // 2)]
+    crops = torch.stack([F.interpolate(xf[..., i:i + crop, j:j + crop], size=(h, w), mode="bilinear",
+                                       align_corners=False)[:, 0] for i, j in offsets])  # (5, N, 48, 48)
+    crops = crops.round().clamp(0, 255).to(torch.uint8)  # the Classifier takes uint8 faces
+    return torch.cat([crops, crops.flip(-1)])
+
+
+def predict_logits(clf, faces, mode: str = "plain") -> np.ndarray:
+    """Logits of every view of every face: (V, N, C) float32."""
+    return np.stack([clf.predict_logits(v).numpy() for v in tta_views(faces, mode)])
+
+
+def average_proba(logits, temperature: float = 1.0) -> np.ndarray:
+    """(V, N, C) or (N, C) logits -> (N, C): softmax(logits / T) averaged over the views."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    z = z[None] if z.ndim == 2 else z
+    return torch.softmax(z / temperature, -1).mean(0).numpy()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def normalize_rows(cm) -> np.ndarray:
+    """Row-normalized confusion matrix (recall per true class); empty rows stay zero."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def bootstrap_accuracy_ci(correct, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> list:
+    """Percentile bootstrap interval of the mean of `correct` (N,) 0/1, resampling faces."""
+    correct = np.asarray(correct, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(correct), size=(n_bootstrap, len(correct)))
+    return np.quantile(correct[idx].mean(1), [(1 - level) / 2, (1 + level) / 2]).tolist()
+
+
+def reliability_bins(proba, y, n_bins: int = ECE_BINS) -> dict:
+    """Equal-width confidence bins ((k-1)/M, k/M]: count, mean confidence and accuracy per bin."""
+    proba, y = np.asarray(proba), np.asarray(y)
+    conf, correct = proba.max(1), (proba.argmax(1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.searchsorted(edges[1:-1], conf, side="left")  # a confidence on an edge joins the lower bin
+    count = np.bincount(b, minlength=n_bins).astype(np.float64)
+    mean = lambda v: np.divide(np.bincount(b, v, n_bins), count, out=np.zeros(n_bins), where=count > 0)  # noqa: E731
+    return {"edges": edges, "count": count, "confidence": mean(conf), "accuracy": mean(correct)}
+
+
+def expected_calibration_error(proba, y, n_bins: int = ECE_BINS) -> float:
+    """ECE = sum over bins of (bin size / N) * |accuracy - mean confidence| (Guo et al. 2017)."""
+    r = reliability_bins(proba, y, n_bins)
+    return float(np.sum(r["count"] / r["count"].sum() * np.abs(r["accuracy"] - r["confidence"])))
+
+
+def negative_log_likelihood(proba, y) -> float:
+    proba, y = np.asarray(proba), np.asarray(y)
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
+def compute_metrics(y_true, proba, class_names, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Accuracy with its 95% bootstrap interval, macro-F1, scikit-learn's per-class report,
+    the confusion matrix (counts and row-normalized), ECE and NLL of probabilities (N, C)."""
+    y_true, proba = np.asarray(y_true).astype(np.int64), np.asarray(proba)
+    if proba.ndim != 2 or proba.shape != (len(y_true), len(class_names)):
+        raise ValueError(f"proba {proba.shape} does not match {len(y_true)} labels x {len(class_names)} classes")
+    labels = list(range(len(class_names)))
+    y_pred = proba.argmax(1)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    return {
+        "n": len(y_true),
+        "accuracy": float((y_pred == y_true).mean()),
+        "accuracy_ci95": bootstrap_accuracy_ci(y_pred == y_true, n_bootstrap, seed) if n_bootstrap else None,
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "report": classification_report(y_true, y_pred, labels=labels, target_names=list(class_names),
+                                        output_dict=True, zero_division=0),
+        "confusion": cm.tolist(),
+        "confusion_normalized": normalize_rows(cm).tolist(),
+        "ece": expected_calibration_error(proba, y_true),
+        "nll": negative_log_likelihood(proba, y_true),
+    }
+
+
+def fit_temperature(logits_val, y_val, max_iter: int = 100) -> float:
+    """The T minimizing the NLL of softmax(logits / T) (averaged over views when (V, N, C)),
+    by L-BFGS on log T. Give it PublicTest logits only: T is a fitted parameter."""
+    z = torch.as_tensor(np.asarray(logits_val), dtype=torch.float64)
+    z = z[None] if z.ndim == 2 else z  # (V, N, C)
+    y = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        # log of the view-averaged probability, computed stably: logsumexp_v log_softmax - log V
+        logp = torch.logsumexp(torch.log_softmax(z / log_t.exp(), -1), 0) - np.log(len(z))  # (N, C)
+        loss = F.nll_loss(logp, y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_confusion(cm, class_names, normalize: bool = False, ax=None, title: str | None = None):
+    """Seaborn heatmap of a confusion matrix (rows: true class); normalize divides each row by its count."""
+    cm = normalize_rows(cm) if normalize else np.asarray(cm, dtype=np.int64)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    sns.heatmap(cm, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", square=True, cbar=False,
+                vmin=0, vmax=1 if normalize else None, xticklabels=class_names, yticklabels=class_names, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalized (recall)" if normalize else "counts"))
+    return ax.figure
+
+
+def plot_reliability(curves: dict, n_bins: int = ECE_BINS, ax=None, title: str = "reliability"):
+    """Accuracy against mean confidence per bin for each {label: (proba (N, C), y (N,))},
+    ECE in the legend, the share of faces per bin (first curve) as grey bars."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for i, (label, (proba, y)) in enumerate(curves.items()):
+        r = reliability_bins(proba, y, n_bins)
+        if i == 0:
+            ax.bar(r["edges"][:-1], r["count"] / r["count"].sum(), width=1 / n_bins, align="edge",
+                   color="0.85", label="share of faces")
+        keep = r["count"] > 0
+        ax.plot(r["confidence"][keep], r["accuracy"][keep], "o-",
+                label=f"{label} (ECE {expected_calibration_error(proba, y, n_bins):.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    return ax.figure
+
+
+def plot_confident_mistakes(faces, y_true, proba, class_names, title: str = "most confident mistakes"):
+    """A C x C grid: cell (true t, predicted p) shows the most confident face of class t
+    predicted as p, titled with its confidence; empty when the pair never happens."""
+    y_true, pred, conf = np.asarray(y_true), np.asarray(proba).argmax(1), np.asarray(proba).max(1)
+    c = len(class_names)
+    fig, axes = plt.subplots(c, c, figsize=(1.35 * c, 1.45 * c), squeeze=False)
+    for t in range(c):
+        for p in range(c):
+            ax = axes[t, p]
+            ax.set(xticks=[], yticks=[])
+            idx = np.flatnonzero((y_true == t) & (pred == p))
+            if t != p and len(idx):
+                i = idx[np.argmax(conf[idx])]
+                ax.imshow(faces[i], cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{conf[i]:.2f}", fontsize=8)
+            else:
+                ax.set_facecolor("0.92" if t == p else "white")
+        axes[t, 0].set_ylabel(class_names[t], fontsize=8), axes[-1, t].set_xlabel(class_names[t], fontsize=8)
+    fig.supylabel("true"), fig.supxlabel("predicted"), fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM (Selvaraju et al. 2017) on the last nn.Conv2d: maps (N, 48, 48) in [0, 1] for
+    class `target` (default: the predicted one), and the probabilities (N, C)."""
+    model = clf.model
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    acts = []
+    handle = conv.register_forward_hook(lambda m, i, out: acts.append(out))  # (N, K, h, w)
+    x = (torch.as_tensor(np.ascontiguousarray(faces))[:, None].float() / 255.0 - clf.mean) / clf.std
+    try:
+        with torch.enable_grad():
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+            tgt = logits.argmax(1) if target is None else torch.as_tensor(target).long()
+            grads, = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts[0])
+    finally:
+        handle.remove()
+    weights = grads.mean((2, 3), keepdim=True)  # (N, K, 1, 1): each channel's importance
+    cam = F.relu((weights * acts[0]).sum(1, keepdim=True)).detach()  # (N, 1, h, w)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    return cam.numpy(), torch.softmax(logits.detach(), 1).numpy()
+
+
+def plot_saliency(clf, faces, y_true, per_class: int = 3, title: str = "Grad-CAM, last conv layer"):
+    """Grad-CAM of the predicted class over the first `per_class` faces of each true class
+    (one row per class); titles give the prediction and its confidence (green right, red wrong)."""
+    y_true, names = np.asarray(y_true), clf.class_names
+    fig, axes = plt.subplots(len(names), per_class, figsize=(1.6 * per_class, 1.6 * len(names)), squeeze=False)
+    for c, row in enumerate(axes):
+        idx = np.flatnonzero(y_true == c)[:per_class]
+        cams, proba = grad_cam(clf, faces[idx]) if len(idx) else ([], [])
+        row[0].set_ylabel(names[c], fontsize=9)
+        for j, ax in enumerate(row):
+            ax.set(xticks=[], yticks=[])
+            if j < len(idx):
+                p = proba[j].argmax()
+                ax.imshow(faces[idx[j]], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(cams[j], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+                ax.set_title(f"{names[p]} {proba[j, p]:.2f}", fontsize=8, color="green" if p == c else "red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- tables
+
+def published_results_table(our_acc: float, our_ci=None) -> pd.DataFrame:
+    """Our PrivateTest accuracy beside published FER-2013 results; only our row comes from a run."""
+    ours = f"{100 * our_acc:.2f}%" + (f" (95% CI {100 * our_ci[0]:.1f}-{100 * our_ci[1]:.1f})" if our_ci else "")
+    rows = [
+        ("Human estimate (Goodfellow et al. 2013)", "65 ± 5%", "human labellers on a sample of the images"),
+        ("Challenge winner, Tang 2013 (CNN + linear SVM)", "71.16%",
+         "Kaggle ICML 2013: PublicTest as leaderboard, PrivateTest scored once"),
+        ("VGG, Pramerdorfer & Kampel 2016", "72.7%", "train on Training, select on PublicTest, report PrivateTest"),
+        ("Original study (this project's predecessor)", "62-65%", "tuned on the test set (leakage)"),
+        ("Ours (this run)", ours, "train on Training, select and calibrate on PublicTest, report PrivateTest once"),
+    ]
+    return pd.DataFrame(rows, columns=["method", "PrivateTest accuracy", "protocol"])
+
+
+def summary_table(metrics: dict) -> pd.DataFrame:
+    """One row per (split, view mode) of a metrics dict from evaluate_checkpoint."""
+    rows = []
+    for split in EVAL_SPLITS:
+        for mode, m in metrics[split].items():
+            ci = m["accuracy_ci95"] or [np.nan, np.nan]
+            rows.append({"split": f"{split} ({SPLIT_USAGE[split]})", "views": mode, "n": m["n"],
+                         "accuracy": m["accuracy"], "ci95_low": ci[0], "ci95_high": ci[1],
+                         "macro_f1": m["macro_f1"], "ece": m["ece"], "ece_temperature": m.get("ece_temperature")})
+    return pd.DataFrame(rows).set_index(["split", "views"])
+
+
+def report_table(metrics: dict, split: str = "test", views: str = "plain") -> pd.DataFrame:
+    """scikit-learn's per-class report from a metrics dict as a table (precision, recall, f1, support)."""
+    report = metrics[split][views]["report"]
+    return pd.DataFrame({k: v for k, v in report.items() if k != "accuracy"}).T
+
+
+# ----------------------------------------------------------------------------- the whole evaluation
+
+def report_dir_for(checkpoint, root="reports") -> Path:
+    """reports/<checkpoint stem>/: one folder per evaluated checkpoint."""
+    return Path(root) / Path(checkpoint).stem
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def _save_figure(fig, path: Path) -> None:
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _plain(o):
+    """json.dumps fallback for numpy scalars and arrays."""
+    return o.item() if isinstance(o, np.generic) else o.tolist()
+
+
+def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int = 1000, temperature: bool = True,
+                        seed: int = 0, figures: bool = True, progress: bool = True) -> dict:
+    """Score `checkpoint` on PublicTest ("val") and PrivateTest ("test") of `h5`, plain and with
+    each TTA mode; write metrics.json and figures into out_dir; return the metrics dict."""
+    checkpoint, h5 = Path(checkpoint), Path(h5)
+    for path, what in ((checkpoint, "checkpoint"), (h5, "data file")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    out_dir = Path(out_dir) if out_dir else report_dir_for(checkpoint)
+    clf, info = load_model(checkpoint), read_info(h5)
+    if info["class_names"] != clf.class_names:
+        raise ValueError(f"{h5}: classes {info['class_names']} differ from {checkpoint}'s {clf.class_names}")
+    modes = ("plain",) + parse_tta(tta)
+    data = {split: load_split(h5, split) for split in EVAL_SPLITS}  # (faces uint8 (N,48,48), labels (N,))
+    logits = {(s, m): predict_logits(clf, data[s][0], m)  # (V, N, C)
+              for s, m in tqdm([(s, m) for s in EVAL_SPLITS for m in modes], desc="predict", leave=False,
+                               disable=not progress, mininterval=2)}
+    # One temperature per view mode, fitted on PublicTest labels only.
+    temps = {m: fit_temperature(logits["val", m], data["val"][1]) for m in modes} if temperature else None
+    metrics = {
+        "checkpoint": str(checkpoint), "checkpoint_sha256": source_sha256(checkpoint),
+        "data": str(h5), "data_sha256": source_sha256(h5), "data_source_sha256": info["source_sha256"],
+        "synthetic_data": info["synthetic"], "model_name": clf.meta.get("model_name"),
+        "model_args": clf.meta.get("model_args"), "checkpoint_epoch": clf.meta.get("epoch"),
+        "class_names": clf.class_names, "splits": {s: SPLIT_USAGE[s] for s in EVAL_SPLITS},
+        "tta": list(modes[1:]), "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ECE_BINS, "temperature": temps,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for split in EVAL_SPLITS:
+        y = data[split][1]
+        metrics[split] = {}
+        for m in modes:
+            r = compute_metrics(y, average_proba(logits[split, m]), clf.class_names, n_bootstrap, seed)
+            if temps:
+                scaled = average_proba(logits[split, m], temps[m])
+                r["ece_temperature"] = expected_calibration_error(scaled, y)
+                r["nll_temperature"] = negative_log_likelihood(scaled, y)
+            metrics[split][m] = r
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if figures:
+        _write_figures(metrics, clf, data, logits, out_dir)
+    text = json.dumps(metrics, indent=2, default=_plain)
+    _write_atomic(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))  # last: marks completion
+    return metrics
+
+
+def _write_figures(metrics, clf, data, logits, out_dir: Path) -> None:
+    """Confusion and reliability per split (plain views); mistakes and Grad-CAM on PrivateTest."""
+    names, temps = clf.class_names, metrics["temperature"]
+    for split in EVAL_SPLITS:
+        usage = SPLIT_USAGE[split]
+        for norm, kind in ((False, "counts"), (True, "normalized")):
+            fig = plot_confusion(metrics[split]["plain"]["confusion"], names, norm, title=f"{usage}: {kind}")
+            _save_figure(fig, out_dir / f"confusion_{split}_{kind}.png")
+        y = data[split][1]
+        curves = {"softmax": (average_proba(logits[split, "plain"]), y)}
+        if temps:
+            curves[f"temperature {temps['plain']:.2f}"] = (average_proba(logits[split, "plain"], temps["plain"]), y)
+        _save_figure(plot_reliability(curves, title=f"{usage}: reliability"), out_dir / f"reliability_{split}.png")
+    faces, y = data["test"]
+    fig = plot_confident_mistakes(faces, y, average_proba(logits["test", "plain"]), names,
+                                  title="PrivateTest: most confident mistake per (true, predicted) pair")
+    _save_figure(fig, out_dir / "confident_mistakes_test.png")
+    _save_figure(plot_saliency(clf, faces, y, title="PrivateTest: Grad-CAM"), out_dir / "gradcam_test.png")
+    table = published_results_table(metrics["test"]["plain"]["accuracy"], metrics["test"]["plain"]["accuracy_ci95"])
+    _write_atomic(out_dir / "published_results.csv", lambda tmp: table.to_csv(tmp, index=False))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by fer train")
+    p.add_argument("--data", default="data/fer2013.h5", help="HDF5 written by fer preprocess")
+    p.add_argument("--out", help="folder for metrics.json and figures (default reports/<checkpoint stem>)")
+    p.add_argument("--tta", default="none", help="comma list of flip,tencrop, or none")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the accuracy CI (0: none)")
+    p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def run(args) -> int:
+    out = Path(args.out) if args.out else report_dir_for(args.checkpoint)
+    m = evaluate_checkpoint(args.checkpoint, args.data, out, tta=args.tta, n_bootstrap=args.bootstrap,
+                            temperature=not args.no_temperature, seed=args.seed)
+    print(summary_table(m).to_string(float_format="%.4f"))
+    if m["temperature"]:
+        print("temperature fitted on PublicTest: " + ", ".join(f"{k} {t:.3f}" for k, t in m["temperature"].items()))
+    print(f"wrote {out}/metrics.json and figures")
+    return 0

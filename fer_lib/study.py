@@ -1,0 +1,314 @@
+"""The whole study as one reproducible run: notebooks 01-05 through papermill, rendered to HTML.
+
+    fer study                                                  # synthetic faces, smoke profile
+    fer study --data ../shared/fer2013/archive.zip             # FER-2013, smoke: reports/smoke-real/
+    fer study --data ../shared/fer2013/archive.zip --profile full   # the study: reports/full-real/
+    fer study --data archive.zip -p 02_train_cnn.epochs=3 -p 03.n_trials=2 --only 01,02,03
+    fer study --nbval-refs                                     # regenerate tests/nbval/ (synthetic, smoke)
+
+Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for
+readers go to reports/<run>/ (executed .ipynb, code-hidden .html, index.html/.md,
+manifest.json); bulky artifacts (HDF5, checkpoints, Optuna storage) to runs/study/<run>/.
+"""
+from __future__ import annotations
+
+import ast
+import datetime
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .report import describe_data, describe_environment, describe_git, write_atomic, write_index
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+NBVAL_DIR = ROOT / "tests" / "nbval"
+COMMITTED_CHECKPOINT = ROOT / "models" / "vgg_small_fer2013.pt"
+TRAINED_CHECKPOINT = "train/best.pt"            # under WORK/RUN/: notebook 02 trains in run_dir=WORK/RUN/train
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+SYNTHETIC_BANNER = """
+==============================================================================
+  NO --data GIVEN: this study runs on SYNTHETIC faces, NOT on FER-2013.
+  Its numbers only show that the pipeline works; they say nothing about
+  facial-expression recognition. Get FER-2013 (Kaggle "FER-2013", the
+  image-folder archive.zip; or the original fer2013.csv) and run
+      fer study --data path/to/archive.zip --profile smoke
+==============================================================================
+"""
+
+
+class StudyError(RuntimeError):
+    """A study that cannot run or did not finish; the message names the notebook or option."""
+
+
+# ----------------------------------------------------------------------------- notebooks and parameters
+
+def list_notebooks(folder=NOTEBOOKS, only: str | None = None) -> list[Path]:
+    """notebooks/NN_*.ipynb in order; `only` = "01,03" or full stems picks some."""
+    nbs = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not nbs:
+        raise StudyError(f"no NN_name.ipynb notebooks in {folder}")
+    if not only:
+        return nbs
+    picked = []
+    for key in (k.strip() for k in only.split(",") if k.strip()):
+        hits = [p for p in nbs if key in (p.stem, p.stem[:2])]
+        if not hits:
+            raise StudyError(f"--only {key!r}: no such notebook; have {[p.stem for p in nbs]}")
+        picked += [p for p in hits if p not in picked]
+    return sorted(picked)
+
+
+def read_parameters(nb_path) -> dict:
+    """{name: value} of the cell tagged 'parameters' (plain literals); raises naming the culprit."""
+    import nbformat
+    nb = nbformat.read(str(nb_path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise StudyError(f"{nb_path}: expected one cell tagged 'parameters', found {len(cells)}")
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise StudyError(f"{nb_path}: parameters cell line {node.lineno}: only `name = literal` allowed")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise StudyError(f"{nb_path}: parameters cell line {node.lineno}: value is not a literal") from None
+    return out
+
+
+def parse_overrides(items) -> dict:
+    """["02_train_cnn.epochs=3", "03.sampler=tpe"] -> {"02_train_cnn": {"epochs": 3}, "03": {"sampler": "tpe"}}.
+
+    Values are Python literals (3, 0.5, None, [1, 2], "x"); anything else is taken as a string.
+    """
+    out: dict = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        nb, dot, name = key.strip().partition(".")
+        if not (eq and dot and nb and name.isidentifier()):
+            raise StudyError(f"-p {item!r}: expected NOTEBOOK.NAME=VALUE, e.g. 02_train_cnn.epochs=3")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        out.setdefault(nb, {})[name] = value
+    return out
+
+
+def wire_parameters(prefix: str, profile: str, report_dir: str, work: str, source: str, h5: str,
+                    checkpoint: str, video: str | None = None) -> dict:
+    """The data wiring of notebook NN: which file each step reads and writes (video None: 05's default)."""
+    per = {"01": {"source": source, "h5_path": h5},
+           "02": {"h5_path": h5, "run_dir": f"{work}/train"},
+           "03": {"h5_path": h5, "run_dir": f"{work}/tune"},
+           "04": {"h5_path": h5, "checkpoint": checkpoint},
+           "05": {"h5_path": h5, "checkpoint": checkpoint, "out_path": f"{work}/overlay.mp4",
+                  **({} if video is None else {"source": video})}}
+    return {"profile": profile, "report_dir": report_dir, **per.get(prefix, {})}
+
+
+def plan_study(notebooks, overrides: dict, **wiring) -> dict:
+    """{stem: parameters to pass}: the wiring each notebook declares, then the user's overrides."""
+    plan = {nb.stem: {} for nb in notebooks}
+    declared = {nb.stem: read_parameters(nb) for nb in notebooks}
+    for key, values in overrides.items():
+        stems = [s for s in plan if key in (s, s[:2])]
+        if not stems:
+            raise StudyError(f"-p {key}.*: no notebook {key!r} in this run; have {list(plan)}")
+        unknown = set(values) - set(declared[stems[0]])
+        if unknown:
+            raise StudyError(f"-p {key}.{sorted(unknown)[0]}: {stems[0]} has no such parameter; "
+                             f"it has {sorted(declared[stems[0]])}")
+    for nb in notebooks:
+        wired = wire_parameters(nb.stem[:2], **wiring)
+        plan[nb.stem] = {k: v for k, v in wired.items() if k in declared[nb.stem]}
+        for key, values in overrides.items():
+            if key in (nb.stem, nb.stem[:2]):
+                plan[nb.stem].update(values)
+    return plan
+
+
+# ----------------------------------------------------------------------------- running and rendering
+
+def execute_notebook(nb: Path, out: Path, parameters: dict, cwd: Path) -> None:
+    """papermill into a partial file, renamed when done (also on failure, to show the error)."""
+    import papermill
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # we check parameters; it would warn per notebook
+    partial = out.with_name(f".partial-{out.name}")
+    try:
+        papermill.execute_notebook(str(nb), str(partial), parameters=parameters, cwd=str(cwd), progress_bar=False,
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP warning per kernel
+    finally:
+        if partial.exists():
+            os.replace(partial, out)
+
+
+def render_html(ipynb: Path, out: Path) -> None:
+    """The reader's version: outputs and narrative, code hidden."""
+    from nbconvert import HTMLExporter
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # per-figure "alternative text is missing" warnings
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_filename(str(ipynb))
+    write_atomic(out, body)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="reports",
+              work="runs/study", h5: str | None = None, overrides: dict | None = None,
+              only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None) -> dict:
+    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure."""
+    kind = "real" if source else "synthetic"
+    run = run or f"{profile}-{kind}"
+    report_dir, work_dir = (Path(out) / run).resolve(), (Path(work) / run).resolve()
+    if source and not Path(source).exists():
+        raise StudyError(f"--data {source}: not found (give FER-2013's archive.zip, image folder or fer2013.csv)")
+    source = str(Path(source).resolve()) if source else ""
+    h5 = str(Path(h5).resolve()) if h5 else str(work_dir / ("fer2013.h5" if source else "synthetic.h5"))
+    if source and COMMITTED_CHECKPOINT.exists():
+        checkpoint, why = str(COMMITTED_CHECKPOINT), "the study's committed model (models/vgg_small_fer2013.pt)"
+    else:
+        checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the checkpoint notebook 02 trained in this run"
+    notebooks = list_notebooks(notebooks_dir, only)
+    plan = plan_study(notebooks, overrides or {}, profile=profile, report_dir=str(report_dir),
+                      work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint,
+                      video=str(Path(video).resolve()) if video and not video.isdigit() else video)
+    if not only:   # a full rerun starts afresh: old report, checkpoints and Optuna journal (HDF5 is reused)
+        if (report_dir / "manifest.json").exists():
+            shutil.rmtree(report_dir)
+        for sub in ("train", "tune"):
+            shutil.rmtree(work_dir / sub, ignore_errors=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if not source:
+        print(SYNTHETIC_BANNER, flush=True)
+    from .profiles import PROFILES
+    manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
+                "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
+                "checkpoint": {"path": checkpoint, "why": why}, "report_dir": str(report_dir),
+                "work_dir": str(work_dir), "argv": sys.argv, "overrides": overrides or {}, "git": describe_git(),
+                "environment": describe_environment(), "seeds": {}, "notebooks": []}
+    t_study = time.time()
+    failure = None
+    for i, nb in enumerate(notebooks, 1):
+        params = {**read_parameters(nb), **plan[nb.stem]}
+        entry = {"name": nb.stem, "status": "running", "passed": plan[nb.stem], "parameters": params,
+                 "profile_values": PROFILES.get(profile, {}).get(nb.stem),
+                 "ipynb": f"{nb.stem}.ipynb", "html": f"{nb.stem}.html", "start": now()}
+        manifest["notebooks"].append(entry)
+        manifest["seeds"][nb.stem] = {k: v for k, v in params.items() if k == "seed" or k.endswith("_seed")}
+        write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        print(f"[study {i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+        t0 = time.time()
+        try:
+            execute_notebook(nb, report_dir / entry["ipynb"], plan[nb.stem], cwd=nb.parent)
+            entry["status"] = "ok"
+        except Exception as e:  # papermill's error names the cell; we add the notebook
+            entry["status"] = "failed"
+            entry["error"] = f"{type(e).__name__}: {getattr(e, 'ename', '')} {getattr(e, 'evalue', e)}".strip()
+            cell = f" at cell In[{e.exec_count}]" if getattr(e, "exec_count", None) else ""
+            failure = f"notebook {nb.stem} failed{cell}: {entry['error']}"
+        entry["end"], entry["wall_s"] = now(), round(time.time() - t0, 1)
+        if (report_dir / entry["ipynb"]).exists():
+            render_html(report_dir / entry["ipynb"], report_dir / entry["html"])
+        print(f"[study {i}/{len(notebooks)}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
+        if failure:
+            break
+    manifest["data"].update(describe_data(h5))
+    manifest.update(status="failed" if failure else "ok", end=now(), wall_s=round(time.time() - t_study, 1))
+    if failure:
+        manifest["error"] = failure
+    write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    write_index(report_dir, manifest, work_dir)
+    if not source:
+        print(SYNTHETIC_BANNER, flush=True)
+    if failure:
+        raise StudyError(f"{failure}\n  see {report_dir / (nb.stem + '.html')} and {report_dir / 'manifest.json'}")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- nbval references
+
+def checked(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+
+
+def write_nbval_refs(notebooks_dir=NOTEBOOKS, out_dir=NBVAL_DIR, only: str | None = None) -> list[Path]:
+    """Execute the notebooks (smoke, synthetic) from out_dir with paths relative to it, keep checked outputs.
+
+    nbval starts the kernel in the notebook's folder, so the injected relative paths
+    (../../runs/nbval/...) resolve the same when `pytest --nbval-lax tests/nbval` re-runs them.
+    """
+    import nbformat
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = "../../runs/nbval"
+    notebooks = list_notebooks(notebooks_dir, only)
+    if not only:   # as in a fresh clone: no checkpoint or Optuna journal left from an earlier run
+        shutil.rmtree(out_dir / work, ignore_errors=True)
+    plan = plan_study(notebooks, {}, profile="smoke", report_dir=f"{work}/reports", work=work,
+                      source="", h5=f"{work}/synthetic.h5", checkpoint=f"{work}/{TRAINED_CHECKPOINT}",
+                      video="")   # no clip: 05 makes its labelled stream clip, the same on every machine
+    written = []
+    for i, nb in enumerate(notebooks, 1):
+        print(f"[nbval-refs {i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+        t0 = time.time()
+        ref, new = out_dir / nb.name, out_dir / f".new-{nb.name}"
+        try:
+            execute_notebook(nb, new, plan[nb.stem], cwd=out_dir)
+        except Exception as e:   # the old reference stays as it was
+            raise StudyError(f"notebook {nb.stem} failed while making its nbval reference: {e}") from None
+        finally:
+            ref_nb = nbformat.read(str(new), as_version=4) if new.exists() else None
+            new.unlink(missing_ok=True)
+        ref_nb.metadata.pop("papermill", None)
+        for cell in ref_nb.cells:   # keep what nbval compares; drop timings, figures, logs
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+            if cell.cell_type == "code" and not checked(cell):
+                cell.outputs, cell.execution_count = [], None
+        write_atomic(ref, nbformat.writes(ref_nb) + "\n")
+        written.append(ref)
+        print(f"[nbval-refs {i}/{len(notebooks)}] {nb.stem} ok in {time.time() - t0:.1f} s", flush=True)
+    return written
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", default="", metavar="SOURCE",
+                   help="FER-2013 archive.zip, image folder or fer2013.csv; none = synthetic faces")
+    p.add_argument("--profile", default="smoke", choices=["smoke", "full"], help="budgets of every notebook")
+    p.add_argument("--run", help="run name (default PROFILE-real or PROFILE-synthetic)")
+    p.add_argument("--out", default="reports", help="reports go to OUT/RUN/")
+    p.add_argument("--work", default="runs/study", help="HDF5, checkpoints and studies go to WORK/RUN/")
+    p.add_argument("--h5", help="where notebook 01 writes (or reuses) the HDF5; default WORK/RUN/")
+    p.add_argument("--video", help="clip (or camera index) for notebook 05; default: the notebook's own")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK.NAME=VALUE",
+                   help="override a notebook parameter (Python literal), e.g. -p 02_train_cnn.epochs=3")
+    p.add_argument("--only", help="comma-separated notebooks to run, e.g. 01,02")
+    p.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_name.ipynb notebooks")
+    p.add_argument("--nbval-refs", action="store_true",
+                   help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
+
+
+def run(args) -> int:
+    try:
+        if args.nbval_refs:
+            for ref in write_nbval_refs(args.notebooks, only=args.only):
+                print("wrote", ref)
+            return 0
+        m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
+                      parse_overrides(args.param), args.only, args.notebooks, args.video)
+    except StudyError as e:
+        print(f"fer study: error: {e}", file=sys.stderr)
+        return 1
+    print(f"study {m['run']} ok in {m['wall_s']:.0f} s: {Path(m['report_dir']) / 'index.html'}")
+    return 0

@@ -1,0 +1,153 @@
+"""fer study on two stand-in notebooks (tests/fixtures/notebooks), and nbval catching a changed output."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fer_lib.cli import main
+from fer_lib.study import (CHECK_MARK, StudyError, checked, list_notebooks, parse_overrides, plan_study,
+                           read_parameters, write_nbval_refs)
+
+ROOT = Path(__file__).resolve().parents[1]
+STUBS = ROOT / "tests" / "fixtures" / "notebooks"
+
+
+def test_parse_overrides_literals_then_strings():
+    got = parse_overrides(["02_train_cnn.epochs=3", "03.lr=1e-3", "02_train_cnn.model=vgg", "05.sizes=[1, 2]",
+                           "04.tta=None", "01.source=../x.zip", "02_train_cnn.note='a=b'"])
+    assert got == {"02_train_cnn": {"epochs": 3, "model": "vgg", "note": "a=b"}, "03": {"lr": 0.001},
+                   "05": {"sizes": [1, 2]}, "04": {"tta": None}, "01": {"source": "../x.zip"}}
+    for bad in ("epochs=3", "02.epochs", "02.=3", "02.bad-name=1"):
+        with pytest.raises(StudyError, match=re.escape(repr(bad))):
+            parse_overrides([bad])
+
+
+def test_read_parameters_and_a_bad_parameters_cell(tmp_path):
+    assert read_parameters(STUBS / "02_use_stub.ipynb") == {
+        "profile": "full", "h5_path": "../runs/stub/stub.h5", "run_dir": "../runs/stub/train",
+        "report_dir": "../reports/latest", "epochs": None, "fail": False}
+    nb = nbformat.read(str(STUBS / "01_make_stub.ipynb"), as_version=4)
+    nb.cells[1].source += "\nseed = int('3')  # not a literal"
+    nbformat.write(nb, str(tmp_path / "01_bad.ipynb"))
+    with pytest.raises(StudyError, match=r"01_bad.ipynb: parameters cell line 5: value is not a literal"):
+        read_parameters(tmp_path / "01_bad.ipynb")
+
+
+def test_plan_wires_declared_parameters_and_rejects_unknown_overrides():
+    nbs = list_notebooks(STUBS)
+    wiring = dict(profile="smoke", report_dir="/r", work="/w", source="", h5="/w/s.h5", checkpoint="/w/train/best.pt")
+    plan = plan_study(nbs, {"02": {"epochs": 3}}, **wiring)
+    assert plan == {"01_make_stub": {"profile": "smoke", "report_dir": "/r", "source": "", "h5_path": "/w/s.h5"},
+                    "02_use_stub": {"profile": "smoke", "report_dir": "/r", "h5_path": "/w/s.h5",
+                                    "run_dir": "/w/train", "epochs": 3}}
+    with pytest.raises(StudyError, match=r"02_use_stub has no such parameter"):
+        plan_study(nbs, {"02_use_stub": {"epoch": 3}}, **wiring)
+    with pytest.raises(StudyError, match=r"no notebook '07'"):
+        plan_study(nbs, {"07": {"epochs": 3}}, **wiring)
+    assert [p.stem for p in list_notebooks(STUBS, "02")] == ["02_use_stub"]
+    with pytest.raises(StudyError, match=r"--only '09': no such notebook"):
+        list_notebooks(STUBS, "01,09")
+
+
+@pytest.fixture(scope="module")
+def stub_study(tmp_path_factory):
+    """The stand-in study run once through the CLI: (exit code, report dir, work dir)."""
+    tmp = tmp_path_factory.mktemp("study")
+    code = main(["study", "--notebooks", str(STUBS), "--out", str(tmp / "reports"), "--work", str(tmp / "runs"),
+                 "-p", "02_use_stub.epochs=3"])
+    return code, tmp / "reports" / "smoke-synthetic", tmp / "runs" / "smoke-synthetic"
+
+
+def test_study_writes_notebooks_html_manifest_and_index(stub_study):
+    code, report, work = stub_study
+    assert code == 0
+    m = json.loads((report / "manifest.json").read_text())
+    assert m["status"] == "ok" and m["profile"] == "smoke" and m["data"]["kind"] == "synthetic"
+    assert m["data"]["sha256"] == "synthetic-0" and m["data"]["counts"] == {"train": 21, "val": 14, "test": 14}
+    assert [n["name"] for n in m["notebooks"]] == ["01_make_stub", "02_use_stub"]
+    assert all(n["status"] == "ok" and n["wall_s"] > 0 for n in m["notebooks"])
+    assert m["notebooks"][1]["parameters"]["epochs"] == 3 and m["notebooks"][1]["parameters"]["fail"] is False
+    assert m["notebooks"][1]["passed"]["run_dir"] == str(work / "train")
+    assert m["environment"]["packages"]["torch"].startswith("2.") and m["git"]["commit"]
+    assert m["checkpoint"]["path"] == str(work / "train" / "best.pt")   # synthetic: 02's own checkpoint
+    html = (report / "01_make_stub.html").read_text()
+    assert "classes: 7" in html and "write_synthetic_h5(" not in html     # outputs shown, code hidden
+    executed = nbformat.read(str(report / "02_use_stub.ipynb"), as_version=4)
+    assert "epochs: 3 val size: 14" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    index = (report / "index.md").read_text()
+    assert "[01_make_stub](01_make_stub.html) | ok" in index and "SYNTHETIC DATA" in index
+    # numbers come from the files the stand-ins wrote: majority class of 14 val faces = 2/14
+    assert "| PublicTest (val).accuracy | 0.1429 | [metrics.json](metrics.json) |" in index
+    assert "| training: epochs run | 3 |" in index
+    assert "href='02_use_stub.html'" in (report / "index.html").read_text()
+
+
+def test_failing_notebook_is_named_and_recorded(stub_study, tmp_path, capsys):
+    _, report, work = stub_study
+    code = main(["study", "--notebooks", str(STUBS), "--out", str(tmp_path), "--work", str(tmp_path), "--run", "bad",
+                 "--h5", str(work / "synthetic.h5"), "--only", "02", "-p", "02.fail=True"])
+    assert code == 1
+    assert "notebook 02_use_stub failed" in capsys.readouterr().err
+    m = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    assert m["status"] == "failed" and "02_use_stub" in m["error"] and "stand-in failure requested" in m["error"]
+    assert m["notebooks"][0]["status"] == "failed"
+    assert "stand-in failure requested" in (tmp_path / "bad" / "02_use_stub.html").read_text()
+    assert "[02_use_stub](02_use_stub.html) | failed" in (tmp_path / "bad" / "index.md").read_text()
+
+
+# ----------------------------------------------------------------------------- nbval regression
+
+def alter_checked_output(path: Path) -> str:
+    """Bump the first digit in the first checked output (a class count, a size): what a regression looks like."""
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in filter(checked, nb.cells):
+        for out in cell.outputs:
+            key, holder = ("text", out) if "text" in out else ("text/plain", out.get("data", {}))
+            text = holder.get(key, "")
+            m = re.search(r"\d", text)
+            if m:
+                holder[key] = text[:m.start()] + str((int(m.group()) + 1) % 10) + text[m.end():]
+                nbformat.write(nb, str(path))
+                return f"{text!r} -> {holder[key]!r}"
+    raise AssertionError(f"{path}: no {CHECK_MARK} cell with a digit in its stored output")
+
+
+def run_nbval_on_copies(ref: Path, tmp_path: Path) -> tuple[str, str]:
+    """pytest --nbval-lax on an unaltered and an altered copy, each at <copy>/tests/nbval/ so that the
+    references' ../../runs/nbval paths stay inside tmp_path. Returns (pytest output, what changed)."""
+    copies = {}
+    for name in ("ok", "bad"):
+        copies[name] = tmp_path / name / "tests" / "nbval" / ref.name
+        copies[name].parent.mkdir(parents=True)
+        shutil.copy(ref, copies[name])
+    change = alter_checked_output(copies["bad"])
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "-rA",
+                           str(copies["ok"]), str(copies["bad"])], cwd=tmp_path, capture_output=True, text=True)
+    return proc.stdout + proc.stderr, change
+
+
+def _outcomes(output: str, name: str) -> set:
+    return {m.group(1) for m in re.finditer(rf"^(PASSED|FAILED|ERROR) \S*{name}/tests/nbval/\S+", output, re.M)}
+
+
+def test_nbval_catches_a_changed_checked_output_in_a_stand_in(tmp_path):
+    ref = write_nbval_refs(STUBS, tmp_path / "refs" / "tests" / "nbval", only="01")[0]
+    assert "classes: 7" in ref.read_text()
+    output, change = run_nbval_on_copies(ref, tmp_path)
+    assert "7" in change and "8" in change, change
+    assert _outcomes(output, "ok") == {"PASSED"}, output
+    assert _outcomes(output, "bad") == {"PASSED", "FAILED"}, output
+
+
+def test_nbval_catches_a_changed_checked_output_in_notebook_01(tmp_path):
+    refs = sorted((ROOT / "tests" / "nbval").glob("01_*.ipynb"))
+    if not refs:
+        pytest.skip("no tests/nbval/01_*.ipynb reference yet (make nbval-refs)")
+    output, change = run_nbval_on_copies(refs[0], tmp_path)
+    assert _outcomes(output, "ok") == {"PASSED"}, output
+    assert "FAILED" in _outcomes(output, "bad"), f"{change}\n{output}"

@@ -1,0 +1,292 @@
+"""The training engine: configuration, augmentation, a run that learns, resume, and the split protocol."""
+import json
+import math
+import shutil
+
+import h5py
+import pytest
+import torch
+
+from fer_lib import train
+from fer_lib.cli import main
+from fer_lib.models import load_checkpoint, load_model
+from fer_lib.synthetic import write_synthetic_h5
+from fer_lib.train import (TrainConfig, augment_batch, build_optimizer, export_checkpoint, fit, pick_device,
+                           resolve_config, stratified_subset)
+
+# A narrow baseline (8-16-32 channels): a tiny epoch of the synthetic set takes about a second.
+TINY = {"model": "baseline", "model_args": {"widths": [8, 16, 32], "hidden": 32}, "epochs": 1,
+        "batch_size": 32, "progress": False, "seed": 0}
+
+
+def tiny_config(h5, out, **kw) -> TrainConfig:
+    return resolve_config(**{**TINY, "data": str(h5), "out": str(out), **kw})
+
+
+def strip_time(history):
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_resolve_config_precedence(tmp_path):
+    assert resolve_config() == TrainConfig()
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"lr": 0.1, "epochs": 5, "optimizer": "adamw"}))
+    cfg = resolve_config(str(f), epochs=7, lr=None)      # None = flag not given: the file's value stays
+    assert (cfg.lr, cfg.epochs, cfg.optimizer) == (0.1, 7, "adamw")
+    assert cfg.batch_size == TrainConfig.batch_size      # untouched fields keep the defaults
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 0.2\nscheduler: step\n")
+    assert (resolve_config(str(y)).lr, resolve_config(str(y)).scheduler) == (0.2, "step")
+
+
+def test_resolve_config_reads_fer_tune_best_params(tmp_path):
+    f = tmp_path / "best_params.json"
+    f.write_text(json.dumps({"best_value": 0.61, "train_config": {"lr": 0.03, "activation": "elu"}}))
+    cfg = resolve_config(str(f), activation="silu")
+    assert (cfg.lr, cfg.activation) == (0.03, "silu")
+
+
+def test_resolve_config_rejects_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['learning_rate'\]"):
+        resolve_config(learning_rate=0.1)
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(ValueError, match="epochz"):
+        resolve_config(str(f))
+
+
+def test_pick_device_on_cpu():
+    assert pick_device(TrainConfig(device="cpu", precision="fp32")) == (torch.device("cpu"), None)
+    assert pick_device(TrainConfig(device="cpu", precision="bf16"))[1] == torch.bfloat16
+    # auto: bf16 only where oneDNN has native bf16 (without it bf16 is ~10x slower than fp32)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert pick_device(TrainConfig(device="cpu"))[1] == (torch.bfloat16 if native else None)
+
+
+# ----------------------------------------------------------------------------- data and augmentation
+
+def test_augment_batch_shapes_and_identity():
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 48, 48)
+    assert augment_batch(x, 1.0, True, 0.25).shape == x.shape
+    assert torch.equal(augment_batch(x, 0.0, False, 0.25), x)   # erase is scaled by strength: off too
+    assert not torch.allclose(augment_batch(x, 1.0, False, 0.0), x)
+
+
+def test_augment_batch_flip_only_mirrors():
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 48, 48)
+    y = augment_batch(x, 0.0, True, 0.0)
+    same = [torch.allclose(a, b, atol=1e-5) for a, b in zip(y, x)]
+    mirrored = [torch.allclose(a, b.flip(-1), atol=1e-5) for a, b in zip(y, x)]
+    assert all(s != m for s, m in zip(same, mirrored))   # each image is exactly one of the two
+    assert 0 < sum(mirrored) < 16
+
+
+def test_augment_batch_erases_a_box():
+    torch.manual_seed(0)
+    y = augment_batch(torch.ones(32, 1, 48, 48), 1.0, True, 1.0)   # affine keeps a constant image constant
+    erased = (y == 0).flatten(1).float().mean(1)                     # fraction of each face erased
+    assert ((erased >= 0.005) & (erased <= 0.18)).all()              # a box of 10-40% of each side
+    assert torch.allclose(y[y != 0], torch.ones(()))
+
+
+def test_stratified_subset():
+    labels = torch.tensor([0] * 100 + [1] * 10 + [2] * 50 + [3] * 3)
+    keep = stratified_subset(labels, 0.1, seed=0)
+    assert torch.bincount(labels[keep]).tolist() == [10, 1, 5, 1]    # every class keeps at least one
+    assert torch.equal(keep, keep.sort().values) and len(keep.unique()) == len(keep)
+    assert torch.equal(keep, stratified_subset(labels, 0.1, seed=0))
+    assert not torch.equal(keep, stratified_subset(labels, 0.1, seed=1))
+    assert torch.equal(stratified_subset(labels, 1.0, seed=0), torch.arange(len(labels)))
+
+
+# ----------------------------------------------------------------------------- a run that learns
+
+@pytest.fixture(scope="module")
+def learnable_h5(tmp_path_factory):
+    """Synthetic faces, 200/30/0 per class: enough for a tiny CNN to learn them in seconds."""
+    return write_synthetic_h5(tmp_path_factory.mktemp("learn") / "syn.h5", n_per_class=(200, 30, 1), seed=0)
+
+
+def test_short_run_beats_chance(learnable_h5, tmp_path):
+    # measured over seeds 0-2: val acc 0.91-0.96 after 4 epochs; chance is 1/7 = 0.14
+    result = fit(tiny_config(learnable_h5, tmp_path, epochs=4, lr=0.05, augment=0.0))
+    h = result["history"]
+    assert [r["epoch"] for r in h] == [1, 2, 3, 4]
+    assert result["best"]["val_acc"] == max(r["val_acc"] for r in h) > 0.6
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == result["best"]["epoch"]
+    assert json.loads((tmp_path / "history.json").read_text()) == h
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 4
+
+
+def test_selection_and_early_stop_follow_val(synthetic_h5, tmp_path, monkeypatch):
+    real = train.run_epoch
+    val = {1: 0.3, 2: 0.5, 3: 0.4, 4: 0.45, 5: 0.9}
+
+    def scripted(s, epoch):
+        return {**real(s, epoch), "val_acc": val[epoch]}
+    monkeypatch.setattr(train, "run_epoch", scripted)
+    result = fit(tiny_config(synthetic_h5, tmp_path, epochs=5, patience=2))
+    assert [r["epoch"] for r in result["history"]] == [1, 2, 3, 4]   # no gain in 3 and 4: stop
+    assert result["best"]["epoch"] == 2 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
+
+
+# ----------------------------------------------------------------------------- interruption and resume
+
+def interrupt_at(monkeypatch, stop_epoch):
+    real = train.run_epoch
+
+    def run_epoch(s, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real(s, epoch)
+    monkeypatch.setattr(train, "run_epoch", run_epoch)
+
+
+def test_resume_continues_at_the_next_epoch(synthetic_h5, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_h5, tmp_path / "resumed", epochs=3)
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+    first = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert first["epoch"] == 2 and len(first["history"]) == 2
+    resumed = fit(cfg, resume=True)["history"]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert resumed[:2] == first["history"]
+    # model, optimizer, scheduler and RNG state all come back: epoch 3 is the uninterrupted run's epoch 3
+    straight = fit(tiny_config(synthetic_h5, tmp_path / "straight", epochs=3))["history"]
+    for a, b in zip(strip_time(resumed), strip_time(straight), strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_interrupted_run_keeps_its_checkpoints(synthetic_h5, tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=3))
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / name)["epoch"] == 1
+        assert load_model(tmp_path / name).predict_proba(torch.zeros(2, 48, 48, dtype=torch.uint8)).shape == (2, 7)
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(synthetic_h5, tmp_path, monkeypatch):
+    fit(tiny_config(synthetic_h5, tmp_path, epochs=1))
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def dies_halfway(obj, path, *a, **kw):
+        open(path, "wb").write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=1, seed=1))
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_export_checkpoint_drops_training_state(tiny_checkpoint, tmp_path):
+    dst = export_checkpoint(tiny_checkpoint, tmp_path / "sub" / "model.pt")
+    full, small = load_checkpoint(tiny_checkpoint), load_checkpoint(dst)
+    assert {"optimizer", "scheduler", "rng"} <= set(full) and not {"optimizer", "scheduler", "rng"} & set(small)
+    assert set(full) - set(small) == {"optimizer", "scheduler", "rng"}
+    assert dst.stat().st_size < tiny_checkpoint.stat().st_size
+    faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    assert (load_model(dst).predict_proba(faces) == load_model(tiny_checkpoint).predict_proba(faces)).all()
+
+
+# ----------------------------------------------------------------------------- the split protocol
+
+def test_training_runs_without_the_test_split(synthetic_h5, tmp_path):
+    h5 = shutil.copy(synthetic_h5, tmp_path / "no_test.h5")
+    with h5py.File(h5, "a") as f:
+        for name in ("images", "labels", "names"):   # every PrivateTest array; the group keeps its counts
+            del f["test"][name]
+    result = fit(tiny_config(h5, tmp_path / "run", epochs=1))
+    assert len(result["history"]) == 1
+
+
+def test_training_never_requests_the_test_split(synthetic_h5, tmp_path, monkeypatch):
+    splits, arrays = [], []
+    real_load, real_getitem = train.load_split, h5py.Dataset.__getitem__
+
+    def load_split(path, split, *a, **kw):
+        splits.append(split)
+        return real_load(path, split, *a, **kw)
+
+    def getitem(self, key):
+        arrays.append(self.name)
+        return real_getitem(self, key)
+    monkeypatch.setattr(train, "load_split", load_split)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", getitem)
+    fit(tiny_config(synthetic_h5, tmp_path, epochs=1))
+    assert sorted(set(splits)) == ["train", "val"]
+    assert {"/train/images", "/val/images"} <= set(arrays)
+    assert not [a for a in arrays if a.startswith("/test")]
+
+
+# ----------------------------------------------------------------------------- CLI, optimizers, schedulers
+
+def test_fer_train_cli(synthetic_h5, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TINY, "epochs": 3, "lr": 0.02}))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synthetic_h5), "--out", str(out), "--config", str(config),
+                 "--epochs", "1", "--activation", "leaky_relu", "--flip", "false",
+                 "--export", str(tmp_path / "model.pt")]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["lr"], cfg["activation"], cfg["flip"]) == (1, 0.02, "leaky_relu", False)
+    assert cfg["model_args"] == TINY["model_args"]
+    assert "best PublicTest acc" in capsys.readouterr().out
+    assert "optimizer" not in load_checkpoint(tmp_path / "model.pt")
+    assert load_model(tmp_path / "model.pt").meta["config"]["activation"] == "leaky_relu"
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+def test_every_optimizer_trains(synthetic_h5, tmp_path, name, cls):
+    cfg = tiny_config(synthetic_h5, tmp_path, optimizer=name, lr=0.01 if name == "sgd" else 1e-3)
+    assert type(build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])) is cls
+    row = fit(cfg)["history"][0]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+    assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["state"]   # the optimizer took steps
+
+
+# lr in the history row of epoch 2 (per-epoch schedulers step after the row), for lr=0.01 over 2 epochs
+EXPECTED_LR_AT_EPOCH_2 = {"none": 0.01, "plateau": 0.01, "step": 0.005, "cosine": 0.005, "onecycle": None}
+
+
+@pytest.mark.parametrize("scheduler", sorted(EXPECTED_LR_AT_EPOCH_2))
+def test_every_scheduler_trains(synthetic_h5, tmp_path, scheduler):
+    cfg = tiny_config(synthetic_h5, tmp_path, scheduler=scheduler, lr=0.01, epochs=2, step_size=1, gamma=0.5)
+    h = fit(cfg)["history"]
+    assert all(math.isfinite(r["train_loss"]) for r in h)
+    if scheduler == "onecycle":   # warm up, then anneal to ~0 (the row holds the lr after the last step)
+        assert h[0]["lr"] < 0.01 and h[1]["lr"] < 0.01 / 25
+    else:
+        assert h[0]["lr"] == pytest.approx(0.01)
+        assert h[1]["lr"] == pytest.approx(EXPECTED_LR_AT_EPOCH_2[scheduler], rel=1e-6)
+
+
+def test_plot_history():
+    from fer_lib.plots import plot_history
+    history = [{"epoch": e, "train_loss": 2 - e / 4, "train_acc": e / 5, "val_loss": 1.9 - e / 5,
+                "val_acc": a, "lr": 0.01} for e, a in ((1, 0.3), (2, 0.5), (3, 0.4))]
+    loss, acc = plot_history(history).axes
+    assert [list(line.get_xdata()) for line in loss.lines] == [[1, 2, 3], [1, 2, 3]]
+    assert list(acc.lines[1].get_ydata()) == [0.3, 0.5, 0.4]
+    assert list(acc.lines[2].get_xdata()) == [2, 2]   # the best val epoch, marked
+    with pytest.raises(ValueError, match="empty history"):
+        plot_history([])
+
+
+def test_unknown_optimizer_or_scheduler_raises(synthetic_h5, tmp_path):
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        fit(tiny_config(synthetic_h5, tmp_path, optimizer="lbfgs"))
+    with pytest.raises(ValueError, match="unknown scheduler 'warmup'"):
+        fit(tiny_config(synthetic_h5, tmp_path, scheduler="warmup"))

@@ -1,0 +1,239 @@
+"""fer_lib.tune: the space, a budget shared by workers, resume after a kill, pruning, no test leakage."""
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+import fer_lib.train
+from fer_lib import tune
+from fer_lib.models import create_model
+from fer_lib.train import TrainConfig, build_optimizer, build_scheduler, model_kwargs, resolve_config
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TINY = {"model_args": {"widths": [8, 16], "hidden": 16}}  # every model in the space, 2 stages: ~0.1 s a step
+
+
+def fer_tune(h5, out, *args, epochs=1) -> list[str]:
+    """A `fer tune` worker on tiny models: about a second per trial on the synthetic data."""
+    base = Path(out) / "base.json"
+    base.write_text(json.dumps(TINY))
+    return [sys.executable, "-m", "fer_lib.cli", "tune", "--data", str(h5), "--out", str(out), "--config", str(base),
+            "--epochs", str(epochs), "--train-fraction", "0.3", "--threads", "1", "--timeout", "300", *args]
+
+
+def load(storage, name="fer") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=tune.open_storage(storage))
+
+
+def test_space_yields_valid_configs():
+    base = TrainConfig(epochs=4)
+
+    def build(trial):  # every suggestion must build a model, optimizer and scheduler
+        cfg = tune.suggest_config(trial, base)
+        assert cfg == resolve_config(**{**dataclasses.asdict(base), **trial.params})  # params are config fields
+        model = create_model(cfg.model, **model_kwargs(cfg))
+        build_scheduler(cfg, build_optimizer(cfg, model.parameters()), steps_per_epoch=10)
+        return -abs(np.log10(cfg.lr) + 3)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, multivariate=True))
+    study.optimize(build, n_trials=40)  # 10 random, then 30 TPE trials over the conditional lr range
+    df = study.trials_dataframe()
+    assert (df.state == "COMPLETE").all()
+    assert set(df.params_optimizer) == {"adam", "sgd", "rmsprop"}
+    assert set(df.params_scheduler) == {"step", "onecycle", "cosine"}
+    assert set(df.params_model) <= {"vgg_small", "baseline", "improved"}
+    assert set(df.params_batch_size) <= {16, 32, 64, 128}
+    adaptive = df.params_optimizer != "sgd"
+    assert df.params_lr[adaptive].between(1e-5, 1e-2).all() and df.params_lr[~adaptive].between(1e-5, 1e-1).all()
+    assert df.params_weight_decay.between(1e-6, 1e-2).all()
+    step = df.params_scheduler == "step"
+    assert df.params_step_size[step].between(1, 4).all() and df.params_gamma[step].between(0.1, 0.9).all()
+    assert df.params_step_size[~step].isna().all()
+
+
+def check_shared_budget(study: optuna.Study, n: int, pids: set) -> None:
+    """n finished trials, numbered without gaps, run by all workers; any extra trial is a marked surplus."""
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert len(study.get_trials(states=FINISHED)) == n
+    assert {t.user_attrs["pid"] for t in study.get_trials(states=FINISHED)} == pids
+    assert all(t.user_attrs.get("surplus") for t in study.get_trials(states=(TrialState.FAIL,)))
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def run_two_workers(h5, out, storage, study_name, n=6) -> optuna.Study:
+    procs = [subprocess.Popen(fer_tune(h5, out, "--storage", storage, "--study", study_name, "--n-trials", str(n),
+                                       "--worker", str(w)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for w in (0, 1)]
+    logs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    study = load(storage, study_name)
+    check_shared_budget(study, n, {p.pid for p in procs})
+    return study
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_finish_a_fixed_number_of_trials(synthetic_h5, tmp_path, kind):
+    storage = str(tmp_path / "optuna.journal") if kind == "journal" else f"sqlite:///{tmp_path}/optuna.db"
+    study = run_two_workers(synthetic_h5, tmp_path, storage, "fer")
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["best_trial"] == study.best_trial.number and best["best_value"] == study.best_value
+    assert best["n_trials"] == 6
+    cfg = resolve_config(str(tmp_path / "best_params.json"))  # `fer train --config` takes it as it is
+    assert {k: getattr(cfg, k) for k in study.best_params} == study.best_params
+    assert len(pd.read_csv(tmp_path / "trials.csv")) == len(study.trials)
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgres(synthetic_h5, tmp_path):
+    url = os.environ.get("FER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server (set FER_TEST_POSTGRES_URL, e.g. via .ci/postgres.sh)")
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    run_two_workers(synthetic_h5, tmp_path, url, name)
+    optuna.delete_study(study_name=name, storage=tune.open_storage(url))
+
+
+def test_killed_study_resumes(synthetic_h5, tmp_path):
+    cmd = fer_tune(synthetic_h5, tmp_path, "--n-trials", "5", epochs=2)
+    storage = str(tmp_path / "optuna.journal")
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:  # kill mid-trial, after a trial completed
+        try:
+            study = load(storage)
+        except KeyError:  # the worker has not created the study yet
+            study = None
+        if study and study.get_trials(states=(TrialState.COMPLETE,)) and \
+                any("pid" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))):
+            break
+        time.sleep(0.1)
+    p.kill()
+    p.wait()
+    before = load(storage)
+    done = {t.number: (t.params, t.value) for t in before.get_trials(states=(TrialState.COMPLETE,))}
+    left_running = [t.number for t in before.get_trials(states=(TrialState.RUNNING,))]
+    assert done and len(before.get_trials(states=FINISHED)) < 5, "the kill came after the study ended"
+
+    subprocess.run(cmd, check=True, timeout=400, capture_output=True)
+    after = load(storage)
+    assert len(after.get_trials(states=FINISHED)) == 5
+    assert {n: (after.trials[n].params, after.trials[n].value) for n in done} == done  # nothing lost
+    assert all(after.trials[n].state == TrialState.FAIL for n in left_running)  # the killed trial (if any)
+    assert not after.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_only_trials_of_dead_workers_are_failed(tmp_path, monkeypatch):
+    study = tune.create_study(str(tmp_path / "optuna.journal"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    live, dead, unclaimed = study.ask(), study.ask(), study.ask()
+    for trial, pid in ((live, os.getpid()), (dead, gone.pid)):
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", pid)
+    assert tune.fail_dead_trials(study) == [dead.number]
+    assert tune.count_claimed(study) == 2  # live and the unclaimed one, which may be just starting
+
+    later = datetime.datetime.now() + datetime.timedelta(minutes=6)  # nobody claimed it for 6 minutes
+    monkeypatch.setattr(tune, "datetime", SimpleNamespace(datetime=SimpleNamespace(now=lambda: later),
+                                                          timedelta=datetime.timedelta))
+    assert tune.fail_dead_trials(study) == [unclaimed.number]
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL]
+
+
+def scramble_test_split(src, dst) -> None:
+    """A copy of the HDF5 whose PrivateTest images are noise and every label is wrong."""
+    shutil.copy(src, dst)
+    rng = np.random.default_rng(1)
+    with h5py.File(dst, "a") as f:
+        g = f["test"]
+        old = g["labels"][:]
+        g["labels"][...] = (old + rng.integers(1, 7, len(old))) % 7
+        g["images"][...] = rng.integers(0, 256, g["images"].shape, dtype=np.uint8)
+        g.attrs["class_counts"] = np.bincount(g["labels"][:], minlength=7)
+        assert (g["labels"][:] != old).all()
+
+
+def test_study_never_reads_the_test_split(synthetic_h5, tmp_path, monkeypatch):
+    scrambled = tmp_path / "scrambled.h5"
+    scramble_test_split(synthetic_h5, scrambled)
+    splits_read, load_split = [], fer_lib.train.load_split
+    monkeypatch.setattr(fer_lib.train, "load_split",
+                        lambda path, split, **kw: splits_read.append(split) or load_split(path, split, **kw))
+
+    def trials(h5, out):
+        study = tune.run_study(str(h5), str(tmp_path / out), n_trials=4, epochs=2, train_fraction=0.3, seed=0,
+                               base=TrainConfig(**TINY))
+        return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
+
+    original, with_scrambled_test = trials(synthetic_h5, "a"), trials(scrambled, "b")
+    assert original == with_scrambled_test
+    assert set(splits_read) == {"train", "val"}
+    complete = [t for t in original if t[1] == TrialState.COMPLETE]
+    assert complete and all(set(t[4]) == {1, 2} for t in complete)  # PublicTest reported every epoch
+
+
+def test_median_pruner_stops_trials_below_the_median(tmp_path):
+    study = tune.create_study(str(tmp_path / "prune.journal"), "scripted", seed=0, pruner="median")
+
+    def scripted(trial):  # 5 good trials, then bad ones
+        acc = 0.8 if trial.number < 5 else 0.2
+        for epoch in range(1, 5):
+            trial.report(acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return acc
+
+    study.optimize(scripted, n_trials=8)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED] * 3
+    assert [max(t.intermediate_values) for t in study.trials[5:]] == [2, 2, 2]  # epoch 1 is never pruned
+
+
+def test_hyperband_pruner_prunes(tmp_path):
+    study = tune.create_study(str(tmp_path / "hb.journal"), "scripted", seed=0, pruner="hyperband")
+
+    def scripted(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for epoch in range(1, 10):
+            trial.report(x * epoch, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x * 9
+
+    study.optimize(scripted, n_trials=20)
+    assert study.get_trials(states=(TrialState.PRUNED,))
+    with pytest.raises(ValueError, match="unknown pruner 'asha'"):
+        tune.create_pruner("asha")
+
+
+def test_resumed_study_must_keep_its_budget(synthetic_h5, tmp_path):
+    tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=2)
+    with pytest.raises(ValueError, match="epochs_per_trial=2, not 3"):
+        tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=3)
+    with pytest.raises(ValueError, match="study 'fer' was run with base_config="):
+        tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=2, base=TrainConfig(**TINY))
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        tune.run_study(str(tmp_path / "missing.h5"), str(tmp_path))
+
+
+def test_compare_with_original():
+    table = tune.compare_with_original({"lr": 0.01, "model": "vgg_small", "augment": 0.5})
+    assert list(table.index) == ["lr", "model", "augment", "optimizer", "batch_size", "scheduler", "drop_rate"]
+    assert table.loc["lr"].tolist() == [1e-3, 0.01]
+    assert table.loc["model"].tolist() == ["baseline", "vgg_small"]
+    assert table.loc["augment"].tolist() == [None, 0.5]
