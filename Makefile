@@ -3,9 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU wheel of torch, installed first so that pip does not resolve a multi-GB CUDA build;
-# GPU users: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch is installed first and pinned, so that pip does not resolve a multi-GB CUDA build as a
+# dependency (on the study's machines `torch==2.13.0` is the CPU wheel on disk). Other machines
+# may pass a wheel index: make setup TORCH_ARGS="--index-url <your torch wheel index>"
+TORCH_ARGS ?=
 DATA ?= ../shared/fer2013/archive.zip
 
 .PHONY: setup test study-smoke study nbval-refs benchmarks
@@ -14,8 +15,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install torch==2.13.0 --index-url $(TORCH_INDEX)
+	$(BIN)/python -m pip install torch==2.13.0 $(TORCH_ARGS)
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
