@@ -188,3 +188,54 @@ def write_index(report_dir: Path, manifest: dict, work_dir: Path | None = None) 
     page.append("<p>Provenance, package versions and every parameter: <a href='manifest.json'>manifest.json</a>.</p>")
     for name, text in (("index.md", "\n".join(md) + "\n"), ("index.html", "\n".join(page) + "\n")):
         write_atomic(report_dir / name, text)
+
+
+# ----------------------------------------------------------------------------- README results
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_results(checkpoint: Path, metrics_json: Path) -> str:
+    """The README's results block, built only from the committed checkpoint and its metrics.json.
+
+        python -m fer_lib.report models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
+    """
+    import torch
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    m = json.loads(Path(metrics_json).read_text())
+    hist, cfg = ck["history"], ck["config"]
+    wall_min = sum(r["time_s"] for r in hist) / 60
+    rows = []
+    for split, usage in (("val", "PublicTest (selection)"), ("test", "PrivateTest (reported once)")):
+        for mode, res in m[split].items():
+            lo, hi = res["accuracy_ci95"]
+            rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
+                        f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
+    return "\n".join([
+        f"Model `{ck['model_name']}` ({checkpoint}), trained {len(hist)} epochs on Training with "
+        f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
+        f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time on the 2-core CPU: "
+        f"{wall_min:.0f} min (machine shared with development work during the run).",
+        "",
+        "| split | TTA | accuracy [95% CI] | macro-F1 | ECE |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
+        f"`fer train --data data/fer2013.h5 --config configs/{ck['model_name']}.json --out runs/{ck['model_name']} "
+        f"--export {checkpoint}`, then `fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
+        f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "
+        f"Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
+    ])
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_atomic(readme, f"{head}{README_START}\n{block}\n{README_END}{tail}")
+
+
+if __name__ == "__main__":
+    import sys
+    update_readme(Path("README.md"), readme_results(Path(sys.argv[1]), Path(sys.argv[2])))

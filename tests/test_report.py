@@ -1,0 +1,25 @@
+"""The README's results come from the committed checkpoint and its metrics.json, not from a keyboard."""
+from pathlib import Path
+
+import pytest
+
+from fer_lib.report import README_END, README_START, readme_results, update_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "models" / "vgg_small_fer2013.pt"
+METRICS = ROOT / "reports" / "vgg_small_fer2013" / "metrics.json"
+
+
+@pytest.mark.skipif(not (CKPT.exists() and METRICS.exists()), reason="no committed checkpoint/metrics yet")
+def test_readme_results_match_committed_metrics():
+    text = (ROOT / "README.md").read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    assert block == readme_results(Path("models/vgg_small_fer2013.pt"),
+                                   Path("reports/vgg_small_fer2013/metrics.json")).strip()
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold 1%\n{README_END}\noutro\n")
+    update_readme(readme, "new 2%")
+    assert readme.read_text() == f"intro\n{README_START}\nnew 2%\n{README_END}\noutro\n"
