@@ -240,13 +240,13 @@ def resolve_source(source, h5_path, fallback, **kwargs) -> tuple[str, str]:
 
 
 def plot_frame_strip(video_path, n: int = 6, height: float = 2.6):
-    """n evenly spaced frames of a video side by side."""
+    """n evenly spaced frames of a video side by side (the first and last left out: often black)."""
     import matplotlib.pyplot as plt
     cap = cv2.VideoCapture(str(video_path))
     total, w, h = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
                                              cv2.CAP_PROP_FRAME_HEIGHT))
     fig, axes = plt.subplots(1, n, figsize=(n * height * w / h, height + 0.3), squeeze=False)
-    for ax, i in zip(axes[0], np.linspace(0, total - 1, n).round().astype(int)):
+    for ax, i in zip(axes[0], np.linspace(0, total - 1, n + 2)[1:-1].round().astype(int)):
         cap.set(cv2.CAP_PROP_POS_FRAMES, i)
         ok, frame = cap.read()
         if ok:
