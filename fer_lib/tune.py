@@ -58,6 +58,23 @@ def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     return dataclasses.replace(base, **trial.params)
 
 
+def default_params(base: TrainConfig) -> dict:
+    """`base` as a point of the search space: enqueued as the study's first trial, it measures the
+    untuned recipe at the trials' budget, so the report shows what tuning gained."""
+    from .models import create_model
+    drop = base.drop_rate
+    if drop is None:  # the model's own head dropout
+        drop = next(m.p for m in create_model(base.model, **base.model_args).modules()
+                    if isinstance(m, torch.nn.Dropout))
+    params = {k: getattr(base, k) for k in ("optimizer", "lr", "batch_size", "weight_decay", "scheduler",
+                                            "model", "activation", "label_smoothing", "augment")}
+    params["drop_rate"] = float(drop)
+    if base.scheduler == "step":
+        params.update(step_size=base.step_size, gamma=base.gamma)
+    suggest_config(optuna.trial.FixedTrial(params), base)  # raises if the space asks for another name
+    return params
+
+
 def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     """Train one suggested config; the best PublicTest accuracy over its epochs."""
     cfg = suggest_config(trial, base)
@@ -204,6 +221,9 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
                              "use another --study or --out")
         study.set_user_attr(key, value)
 
+    if worker == 0:  # skip_if_exists: a resumed study does not run it twice
+        study.enqueue_trial(default_params(base), user_attrs={"default_config": True}, skip_if_exists=True)
+
     def budgeted_objective(trial):
         claim_slot(trial, n_trials)
         return objective(trial, base)
@@ -246,6 +266,11 @@ def summarize_study(study: optuna.Study) -> dict:
                "n_failed": states.count("FAIL"), "search": study.user_attrs}
     if summary["n_complete"]:
         summary.update(best_value=study.best_value, best_trial=study.best_trial.number, best_params=study.best_params)
+    default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_config")]
+    if default and default[0].state in FINISHED:  # pruned: its last reported accuracy
+        t = default[0]
+        summary["default_trial"] = {"number": t.number, "state": t.state.name, "params": t.params,
+                                    "value": t.value if t.value is not None else max(t.intermediate_values.values(), default=None)}
     return summary
 
 

@@ -237,3 +237,21 @@ def test_compare_with_original():
     assert table.loc["lr"].tolist() == [1e-3, 0.01]
     assert table.loc["model"].tolist() == ["baseline", "vgg_small"]
     assert table.loc["augment"].tolist() == [None, 0.5]
+
+
+def test_the_untuned_default_is_the_first_trial(synthetic_h5, tmp_path):
+    base = TrainConfig(**TINY)
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=3, epochs=1, train_fraction=0.3, base=base,
+                           pruner="none")
+    first = study.trials[0]
+    assert first.user_attrs["default_config"] and first.state == TrialState.COMPLETE
+    expected = {"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "scheduler": "onecycle",
+                "model": "vgg_small", "activation": "relu", "label_smoothing": 0.1, "augment": 1.0,
+                "drop_rate": 0.4}  # vgg_small's own head dropout
+    assert first.params == expected
+    assert tune.summarize_study(study)["default_trial"]["value"] == first.value
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=4, epochs=1, train_fraction=0.3, base=base,
+                             pruner="none")  # resuming does not enqueue it again
+    assert [t.user_attrs.get("default_config", False) for t in resumed.trials] == [True, False, False, False]
+    with pytest.raises(ValueError, match="step_size"):  # a base outside the space is refused, not half-run
+        tune.suggest_config(optuna.trial.FixedTrial({**expected, "scheduler": "step"}), base)
