@@ -11,7 +11,6 @@ nothing here picks anything by looking at "test".
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .data import SPLIT_USAGE, load_split, read_info, source_sha256
 from .models import load_model
+from .report import write_atomic
 
 TTA_MODES = ("flip", "tencrop")
 EVAL_SPLITS = ("val", "test")  # PublicTest, PrivateTest: Training is never scored here
@@ -305,14 +305,8 @@ def report_dir_for(checkpoint, root="reports") -> Path:
     return Path(root) / Path(checkpoint).stem
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
 def _save_figure(fig, path: Path) -> None:
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -363,7 +357,7 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
     if figures:
         _write_figures(metrics, clf, data, logits, out_dir)
     text = json.dumps(metrics, indent=2, default=_plain)
-    _write_atomic(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))  # last: marks completion
+    write_atomic(out_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))  # last: marks completion
     return metrics
 
 
@@ -386,7 +380,7 @@ def _write_figures(metrics, clf, data, logits, out_dir: Path) -> None:
     _save_figure(fig, out_dir / "confident_mistakes_test.png")
     _save_figure(plot_saliency(clf, faces, y, title="PrivateTest: Grad-CAM"), out_dir / "gradcam_test.png")
     table = published_results_table(metrics["test"]["plain"]["accuracy"], metrics["test"]["plain"]["accuracy_ci95"])
-    _write_atomic(out_dir / "published_results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_atomic(out_dir / "published_results.csv", lambda tmp: table.to_csv(tmp, index=False))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -25,10 +26,26 @@ PACKAGES = ("fer_lib", "torch", "numpy", "h5py", "opencv-python-headless", "optu
 
 # ----------------------------------------------------------------------------- provenance
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path, content) -> Path:
+    """Write `content` (str, bytes, or a function given a temporary path) to `path` through a
+    temporary file in the same folder and a rename: a crash or Ctrl-C never leaves a half-written
+    file, and concurrent writers (Optuna workers) each publish one whole file. The one home for
+    atomic writes in fer_lib."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per writer, and it keeps the extension that savefig, OpenCV and PIL take the format from.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def describe_environment() -> dict:
@@ -175,8 +192,8 @@ def write_index(report_dir: Path, manifest: dict, work_dir: Path | None = None) 
             "border-bottom:1px solid #ddd}.warn{background:#fdd;padding:1em;font-weight:bold}</style>",
             f"<h1>FER-2013 study: {e(m['run'])}</h1>"]
     if warn:
-        page.append(f"<p class='warn'>SYNTHETIC DATA, NOT FER-2013. These numbers only show that the pipeline "
-                    f"runs; rerun with <code>fer study --data path/to/archive.zip</code>.</p>")
+        page.append("<p class='warn'>SYNTHETIC DATA, NOT FER-2013. These numbers only show that the pipeline "
+                    "runs; rerun with <code>fer study --data path/to/archive.zip</code>.</p>")
     page.append("<table>" + rows((e(k), e(str(v))) for k, v in facts) + "</table>")
     page.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>wall time</th><th></th></tr>"
                 + rows((f"<a href='{e(n)}.html'>{e(n)}</a>", e(s), e(t), f"<a href='{e(n)}.ipynb'>ipynb</a>")
@@ -237,5 +254,4 @@ def update_readme(readme: Path, block: str) -> None:
 
 
 if __name__ == "__main__":
-    import sys
     update_readme(Path("README.md"), readme_results(Path(sys.argv[1]), Path(sys.argv[2])))

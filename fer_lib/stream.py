@@ -29,7 +29,8 @@ import numpy as np
 
 from .data import load_split
 from .smoothing import DEFAULT_SMOOTHER, create_smoother, smoother_settings
-from .video import VideoError, crop_face, write_atomic
+from .report import write_atomic
+from .video import VideoError, crop_face
 
 HAAR_BOX_RATIO = 0.975  # median Haar box side / face image side on upscaled PublicTest faces
 
@@ -302,7 +303,6 @@ def plot_stream_labels(stream: LabelledStream, probs, class_names, smoothers: di
 
 def plot_stage_times(result: dict):
     """Milliseconds per frame of each pipeline stage (wall clock and CPU), against the 2x real-time budget."""
-    import matplotlib.pyplot as plt
     import pandas as pd
     df = pd.DataFrame({"wall clock": {**result["stage_s"], "total": result["wall_s"]},
                        "CPU (all threads)": {**result["stage_cpu_s"], "total": result["cpu_s"]}})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data import load_split, read_info
 from .models import CHECKPOINT_VERSION, count_macs, count_params, create_model
+from .report import write_atomic
 
 
 @dataclass
@@ -292,14 +292,8 @@ def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename: a kill never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:   # Ctrl-C mid-write: drop the partial file, keep the previous checkpoint
-        tmp.unlink(missing_ok=True)
-        raise
+    """torch.save through report.write_atomic: a kill never leaves a half-written checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def fit(cfg: TrainConfig, resume: bool = False) -> dict:

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from optuna.trial import TrialState
 from . import train
 from .data import read_info
 from .profiles import profile_params
+from .report import write_atomic
 from .train import TrainConfig, resolve_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
@@ -238,23 +238,16 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     return study
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # several workers may write at once: readers see one whole file
-
-
 def write_results(study: optuna.Study, out) -> Path | None:
     """OUT/trials.csv, and OUT/best_params.json that `fer train --config` reads as it is."""
     out = Path(out)
-    _write_atomic(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
+    write_atomic(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
     summary = summarize_study(study)
     if "best_params" not in summary:
         return None
     payload = {"train_config": summary.pop("best_params"),  # TrainConfig fields; add --epochs etc. when retraining
                "metric": "best_value: the best PublicTest accuracy within the trial", **summary}
-    _write_atomic(out / "best_params.json", json.dumps(payload, indent=2))
+    write_atomic(out / "best_params.json", json.dumps(payload, indent=2))
     return out / "best_params.json"
 
 

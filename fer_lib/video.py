@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-import os
 import re
 import time
 from collections import deque
@@ -32,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import Classifier, load_model
+from .report import write_atomic
 from .smoothing import DEFAULT_SMOOTHER, Tracker, create_smoother
 
 HAAR_FILE = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
@@ -214,18 +214,6 @@ def _ahead(items, size: int = 8):
         finally:
             for f in pending:
                 f.cancel()
-
-
-def write_atomic(path, write) -> None:
-    """write(tmp_path) then rename, so a crash never leaves a half-written file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")  # keeps the extension for the writers
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def classify_faces(clf: Classifier, gray: np.ndarray, boxes, margin: float = 0.0, batch: bool = True):

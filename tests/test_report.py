@@ -23,3 +23,21 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     readme.write_text(f"intro\n{README_START}\nold 1%\n{README_END}\noutro\n")
     update_readme(readme, "new 2%")
     assert readme.read_text() == f"intro\n{README_START}\nnew 2%\n{README_END}\noutro\n"
+
+
+def test_write_atomic_publishes_whole_files_or_nothing(tmp_path):
+    from fer_lib.report import write_atomic
+    write_atomic(tmp_path / "a" / "x.json", '{"ok": 1}')            # makes the folder
+    write_atomic(tmp_path / "b.bin", b"\x00\x01")
+    write_atomic(tmp_path / "c.png", lambda tmp: tmp.write_text(tmp.suffix))  # writers see the extension
+    assert (tmp_path / "a" / "x.json").read_text() == '{"ok": 1}'
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "c.png").read_text() == ".png"
+
+    def dies_halfway(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "b.bin", dies_halfway)
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"         # the previous file stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b.bin", "c.png"]  # no partial file left

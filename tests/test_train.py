@@ -173,7 +173,7 @@ def test_interrupted_run_keeps_its_checkpoints(synthetic_h5, tmp_path, monkeypat
         assert load_checkpoint(tmp_path / name)["epoch"] == 1
         assert load_model(tmp_path / name).predict_proba(torch.zeros(2, 48, 48, dtype=torch.uint8)).shape == (2, 7)
     assert len(json.loads((tmp_path / "history.json").read_text())) == 1
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(synthetic_h5, tmp_path, monkeypatch):
@@ -187,7 +187,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(synthetic_h5, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_config(synthetic_h5, tmp_path, epochs=1, seed=1))
     assert (tmp_path / "last.pt").read_bytes() == before
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_export_checkpoint_drops_training_state(tiny_checkpoint, tmp_path):
