@@ -1,2 +1,13 @@
 """fer_lib: the package behind the FER-2013 study notebooks."""
+import importlib
+import warnings
+
+from tqdm import TqdmWarning
+
 __version__ = "0.1.0"
+
+with warnings.catch_warnings():
+    # Without ipywidgets, tqdm.auto falls back to text bars (what saved notebooks want) but warns
+    # "IProgress not found" into every notebook; importing it once here keeps that out.
+    warnings.simplefilter("ignore", TqdmWarning)
+    importlib.import_module("tqdm.auto")

@@ -17,7 +17,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
@@ -166,60 +165,7 @@ def fit_temperature(logits_val, y_val, max_iter: int = 100) -> float:
     return float(log_t.detach().exp())
 
 
-# ----------------------------------------------------------------------------- figures
-
-def plot_confusion(cm, class_names, normalize: bool = False, ax=None, title: str | None = None):
-    """Seaborn heatmap of a confusion matrix (rows: true class); normalize divides each row by its count."""
-    cm = normalize_rows(cm) if normalize else np.asarray(cm, dtype=np.int64)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 5))
-    sns.heatmap(cm, annot=True, fmt=".2f" if normalize else "d", cmap="Blues", square=True, cbar=False,
-                vmin=0, vmax=1 if normalize else None, xticklabels=class_names, yticklabels=class_names, ax=ax)
-    ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalized (recall)" if normalize else "counts"))
-    return ax.figure
-
-
-def plot_reliability(curves: dict, n_bins: int = ECE_BINS, ax=None, title: str = "reliability"):
-    """Accuracy against mean confidence per bin for each {label: (proba (N, C), y (N,))},
-    ECE in the legend, the share of faces per bin (first curve) as grey bars."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
-    for i, (label, (proba, y)) in enumerate(curves.items()):
-        r = reliability_bins(proba, y, n_bins)
-        if i == 0:
-            ax.bar(r["edges"][:-1], r["count"] / r["count"].sum(), width=1 / n_bins, align="edge",
-                   color="0.85", label="share of faces")
-        keep = r["count"] > 0
-        ax.plot(r["confidence"][keep], r["accuracy"][keep], "o-",
-                label=f"{label} (ECE {expected_calibration_error(proba, y, n_bins):.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
-    ax.legend(loc="upper left", fontsize=8)
-    return ax.figure
-
-
-def plot_confident_mistakes(faces, y_true, proba, class_names, title: str = "most confident mistakes"):
-    """A C x C grid: cell (true t, predicted p) shows the most confident face of class t
-    predicted as p, titled with its confidence; empty when the pair never happens."""
-    y_true, pred, conf = np.asarray(y_true), np.asarray(proba).argmax(1), np.asarray(proba).max(1)
-    c = len(class_names)
-    fig, axes = plt.subplots(c, c, figsize=(1.35 * c, 1.45 * c), squeeze=False)
-    for t in range(c):
-        for p in range(c):
-            ax = axes[t, p]
-            ax.set(xticks=[], yticks=[])
-            idx = np.flatnonzero((y_true == t) & (pred == p))
-            if t != p and len(idx):
-                i = idx[np.argmax(conf[idx])]
-                ax.imshow(faces[i], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"{conf[i]:.2f}", fontsize=8)
-            else:
-                ax.set_facecolor("0.92" if t == p else "white")
-        axes[t, 0].set_ylabel(class_names[t], fontsize=8), axes[-1, t].set_xlabel(class_names[t], fontsize=8)
-    fig.supylabel("true"), fig.supxlabel("predicted"), fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
+# ----------------------------------------------------------------------------- Grad-CAM
 
 def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM (Selvaraju et al. 2017) on the last nn.Conv2d: maps (N, 48, 48) in [0, 1] for
@@ -241,27 +187,6 @@ def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
     return cam.numpy(), torch.softmax(logits.detach(), 1).numpy()
-
-
-def plot_saliency(clf, faces, y_true, per_class: int = 3, title: str = "Grad-CAM, last conv layer"):
-    """Grad-CAM of the predicted class over the first `per_class` faces of each true class
-    (one row per class); titles give the prediction and its confidence (green right, red wrong)."""
-    y_true, names = np.asarray(y_true), clf.class_names
-    fig, axes = plt.subplots(len(names), per_class, figsize=(1.6 * per_class, 1.6 * len(names)), squeeze=False)
-    for c, row in enumerate(axes):
-        idx = np.flatnonzero(y_true == c)[:per_class]
-        cams, proba = grad_cam(clf, faces[idx]) if len(idx) else ([], [])
-        row[0].set_ylabel(names[c], fontsize=9)
-        for j, ax in enumerate(row):
-            ax.set(xticks=[], yticks=[])
-            if j < len(idx):
-                p = proba[j].argmax()
-                ax.imshow(faces[idx[j]], cmap="gray", vmin=0, vmax=255)
-                ax.imshow(cams[j], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-                ax.set_title(f"{names[p]} {proba[j, p]:.2f}", fontsize=8, color="green" if p == c else "red")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------- tables
@@ -363,6 +288,7 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
 
 def _write_figures(metrics, clf, data, logits, out_dir: Path) -> None:
     """Confusion and reliability per split (plain views); mistakes and Grad-CAM on PrivateTest."""
+    from .plots import plot_confident_mistakes, plot_confusion, plot_reliability, plot_saliency  # plots imports us
     names, temps = clf.class_names, metrics["temperature"]
     for split in EVAL_SPLITS:
         usage = SPLIT_USAGE[split]

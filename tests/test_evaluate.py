@@ -11,9 +11,10 @@ import torch
 from fer_lib import cli
 from fer_lib.data import CLASS_NAMES, load_split
 from fer_lib.evaluate import (average_proba, bootstrap_accuracy_ci, compute_metrics, evaluate_checkpoint,
-                              expected_calibration_error, fit_temperature, grad_cam, parse_tta, plot_confusion,
+                              expected_calibration_error, fit_temperature, grad_cam, parse_tta,
                               predict_logits, published_results_table, reliability_bins, tta_views)
 from fer_lib.models import load_model
+from fer_lib.plots import plot_confusion
 
 
 def _proba_for(pred, n_classes, conf):

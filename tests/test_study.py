@@ -151,3 +151,11 @@ def test_nbval_catches_a_changed_checked_output_in_notebook_01(tmp_path):
     output, change = run_nbval_on_copies(refs[0], tmp_path)
     assert _outcomes(output, "ok") == {"PASSED"}, output
     assert "FAILED" in _outcomes(output, "bad"), f"{change}\n{output}"
+
+
+def test_progress_bars_leave_no_ipywidgets_warning_in_notebooks():
+    import nbclient
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import fer_lib.train\nprint('imported')")])
+    nbclient.NotebookClient(nb, timeout=120).execute()
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert text == "imported\n"  # no "TqdmWarning: IProgress not found" saved into every notebook
