@@ -226,8 +226,10 @@ def report_table(metrics: dict, split: str = "test", views: str = "plain") -> pd
 # ----------------------------------------------------------------------------- the whole evaluation
 
 def report_dir_for(checkpoint, root="reports") -> Path:
-    """reports/<checkpoint stem>/: one folder per evaluated checkpoint."""
-    return Path(root) / Path(checkpoint).stem
+    """reports/<checkpoint stem>/, one folder per evaluated checkpoint; fer train's generic
+    best.pt and last.pt are told apart by their run folder: runs/vgg_small/best.pt -> reports/vgg_small-best/."""
+    p = Path(checkpoint)
+    return Path(root) / (f"{p.parent.name}-{p.stem}" if p.stem in ("best", "last") else p.stem)
 
 
 def _save_figure(fig, path: Path) -> None:

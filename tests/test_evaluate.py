@@ -2,6 +2,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -202,3 +203,10 @@ def test_evaluate_on_real_data(tiny_checkpoint, real_h5, tmp_path):
     m = evaluate_checkpoint(tiny_checkpoint, real_h5, tmp_path, n_bootstrap=20, figures=False, progress=False)
     assert m["val"]["plain"]["n"] == 3589 and m["test"]["plain"]["n"] == 3589
     assert m["synthetic_data"] is False and sum(map(sum, m["test"]["plain"]["confusion"])) == 3589
+
+
+def test_report_folders_keep_runs_apart():
+    from fer_lib.evaluate import report_dir_for
+    assert report_dir_for("models/vgg_small_fer2013.pt") == Path("reports/vgg_small_fer2013")
+    assert report_dir_for("runs/a/best.pt") != report_dir_for("runs/b/best.pt")
+    assert report_dir_for("runs/a/best.pt", "out") == Path("out/a-best")
