@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+
 from .report import describe_data, describe_environment, describe_git, write_atomic, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +67,6 @@ def list_notebooks(folder=NOTEBOOKS, only: str | None = None) -> list[Path]:
 
 def read_parameters(nb_path) -> dict:
     """{name: value} of the cell tagged 'parameters' (plain literals); raises naming the culprit."""
-    import nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
@@ -157,14 +158,49 @@ def render_html(ipynb: Path, out: Path) -> None:
     write_atomic(out, body)
 
 
+# FER-2013 may not be redistributed, so a report meant for publishing (the committed one) leaves
+# its faces out: outputs of the cells tagged FACES_TAG and the figure files below.
+FACES_TAG = "faces"
+FACE_FIGURES = ("01_sample_grid.png", "confident_mistakes_*.png", "gradcam_*.png")
+FACES_NOTE = ("[FER-2013 faces left out of this published report (fer study --no-faces): the dataset may not be "
+              "redistributed. Run the notebook on your copy to see them.]\n")
+
+
+def leave_out_faces(report_dir, notebooks_dir=NOTEBOOKS) -> list[str]:
+    """Strip the FER-2013 faces from a study report: outputs of cells tagged 'faces' (in the executed
+    notebook, or by cell id in notebooks_dir) and the face figures; re-render the HTML. Returns what went."""
+    report_dir, removed = Path(report_dir), []
+    for nb_path in sorted(report_dir.glob("[0-9][0-9]_*.ipynb")):
+        source = Path(notebooks_dir) / nb_path.name
+        ids = {c.get("id") for c in nbformat.read(str(source), as_version=4).cells
+               if FACES_TAG in c.metadata.get("tags", [])} if source.exists() else set()
+        nb = nbformat.read(str(nb_path), as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and c.outputs and
+                 (FACES_TAG in c.metadata.get("tags", []) or c.get("id") in ids) and
+                 [o.get("text") for o in c.outputs] != [FACES_NOTE]]
+        if not cells:
+            continue
+        for c in cells:
+            c.outputs = [nbformat.v4.new_output("stream", name="stdout", text=FACES_NOTE)]
+            removed.append(f"{nb_path.name}: cell {c.get('id')}")
+        write_atomic(nb_path, nbformat.writes(nb) + "\n")
+        render_html(nb_path, nb_path.with_suffix(".html"))
+    for pattern in FACE_FIGURES:
+        for fig in sorted(report_dir.rglob(pattern)):
+            fig.unlink()
+            removed.append(str(fig.relative_to(report_dir)))
+    return removed
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="reports",
               work="runs/study", h5: str | None = None, overrides: dict | None = None,
-              only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None) -> dict:
-    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure."""
+              only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None, faces: bool = True) -> dict:
+    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure.
+    faces=False leaves FER-2013's faces out of the report (leave_out_faces), for publishing it."""
     kind = "real" if source else "synthetic"
     run = run or f"{profile}-{kind}"
     report_dir, work_dir = (Path(out) / run).resolve(), (Path(work) / run).resolve()
@@ -223,6 +259,8 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         print(f"[study {i}/{len(notebooks)}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
         if failure:
             break
+    if not faces:
+        manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
     manifest["data"].update(describe_data(h5))
     manifest.update(status="failed" if failure else "ok", end=now(), wall_s=round(time.time() - t_study, 1))
     if failure:
@@ -248,7 +286,6 @@ def write_nbval_refs(notebooks_dir=NOTEBOOKS, out_dir=NBVAL_DIR, only: str | Non
     nbval starts the kernel in the notebook's folder, so the injected relative paths
     (../../runs/nbval/...) resolve the same when `pytest --nbval-lax tests/nbval` re-runs them.
     """
-    import nbformat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = "../../runs/nbval"
@@ -297,6 +334,10 @@ def add_arguments(p) -> None:
                    help="override a notebook parameter (Python literal), e.g. -p 02_train_cnn.epochs=3")
     p.add_argument("--only", help="comma-separated notebooks to run, e.g. 01,02")
     p.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_name.ipynb notebooks")
+    p.add_argument("--no-faces", action="store_true",
+                   help="leave FER-2013's faces out of the report (for publishing; the data may not be redistributed)")
+    p.add_argument("--leave-out-faces", metavar="REPORT_DIR",
+                   help="strip the faces from an existing report (as --no-faces does) instead of a study")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -307,8 +348,12 @@ def run(args) -> int:
             for ref in write_nbval_refs(args.notebooks, only=args.only):
                 print("wrote", ref)
             return 0
+        if args.leave_out_faces:
+            for what in leave_out_faces(args.leave_out_faces, args.notebooks):
+                print("left out", what)
+            return 0
         m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
-                      parse_overrides(args.param), args.only, args.notebooks, args.video)
+                      parse_overrides(args.param), args.only, args.notebooks, args.video, faces=not args.no_faces)
     except StudyError as e:
         print(f"fer study: error: {e}", file=sys.stderr)
         return 1

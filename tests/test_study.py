@@ -159,3 +159,32 @@ def test_progress_bars_leave_no_ipywidgets_warning_in_notebooks():
     nbclient.NotebookClient(nb, timeout=120).execute()
     text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
     assert text == "imported\n"  # no "TqdmWarning: IProgress not found" saved into every notebook
+
+
+def test_leave_out_faces_strips_face_cells_and_figures(tmp_path):
+    from fer_lib.study import FACES_NOTE, leave_out_faces
+    faces = nbformat.v4.new_code_cell("show_faces()", id="face-cell", metadata={"tags": ["faces"]})
+    other = nbformat.v4.new_code_cell("print(7)", id="other-cell")
+    (tmp_path / "src").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[faces, other]), str(tmp_path / "src" / "04_eval.ipynb"))
+    # the executed copy lost the tag (an older run): the cell id from notebooks/ still finds it
+    png = {"image/png": "iVBORw0KGgoFACESFACESFACES"}
+    run_faces = nbformat.v4.new_code_cell("show_faces()", id="face-cell",
+                                          outputs=[nbformat.v4.new_output("display_data", data=png)])
+    run_other = nbformat.v4.new_code_cell("print(7)", id="other-cell",
+                                          outputs=[nbformat.v4.new_output("stream", name="stdout", text="7\n")])
+    report = tmp_path / "report"
+    (report / "best").mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[run_faces, run_other]), str(report / "04_eval.ipynb"))
+    for name in ("best/gradcam_test.png", "best/confident_mistakes_test.png", "best/confusion_test_counts.png"):
+        (report / name).write_bytes(b"png")
+
+    removed = leave_out_faces(report, tmp_path / "src")
+    assert removed == ["04_eval.ipynb: cell face-cell", "best/confident_mistakes_test.png", "best/gradcam_test.png"]
+    nb = nbformat.read(str(report / "04_eval.ipynb"), as_version=4)
+    assert [o.get("text") for o in nb.cells[0].outputs] == [FACES_NOTE]
+    assert nb.cells[1].outputs[0]["text"] == "7\n"                     # other cells untouched
+    assert sorted(p.name for p in (report / "best").iterdir()) == ["confusion_test_counts.png"]
+    html = (report / "04_eval.html").read_text()
+    assert "FACESFACES" not in html and "FER-2013 faces left out" in html
+    assert leave_out_faces(report, tmp_path / "src") == []              # idempotent
