@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import sys
 import uuid
 from importlib import metadata
@@ -222,6 +223,12 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
     m = json.loads(Path(metrics_json).read_text())
     hist, cfg = ck["history"], ck["config"]
     wall_min = sum(r["time_s"] for r in hist) / 60
+    run = Path(cfg["out"]).parent.name  # fer study trains in runs/study/<run>/train
+    manifest = ROOT / "reports" / run / "manifest.json"
+    made_by = ""
+    if Path(cfg["out"]).name == "train" and manifest.exists():
+        made_by = (f"Made by notebook 02 of `fer study --data archive.zip --profile "
+                   f"{json.loads(manifest.read_text())['profile']} --run {run}` (report: `reports/{run}/`). ")
     rows = []
     for split, usage in (("val", "PublicTest (selection)"), ("test", "PrivateTest (reported once)")):
         for mode, res in m[split].items():
@@ -232,13 +239,14 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
         f"Model `{ck['model_name']}` ({checkpoint}), trained {len(hist)} epochs on Training with "
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
         f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time on the 2-core CPU: "
-        f"{wall_min:.0f} min (machine shared with development work during the run).",
+        f"{wall_min:.0f} min, median {statistics.median(r['time_s'] for r in hist):.0f} s per epoch "
+        "(an epoch takes longer while other jobs share the CPU).",
         "",
         "| split | TTA | accuracy [95% CI] | macro-F1 | ECE |",
         "|---|---|---|---|---|",
         *rows,
         "",
-        "Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
+        f"{made_by}Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
         f"`fer train --data data/fer2013.h5 --config configs/{ck['model_name']}.json --out runs/{ck['model_name']} "
         f"--export {checkpoint}`, then `fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
         f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "

@@ -41,3 +41,16 @@ def test_write_atomic_publishes_whole_files_or_nothing(tmp_path):
         write_atomic(tmp_path / "b.bin", dies_halfway)
     assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"         # the previous file stays whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b.bin", "c.png"]  # no partial file left
+
+
+@pytest.mark.skipif(not CKPT.exists(), reason="no committed checkpoint yet")
+def test_committed_config_is_the_checkpoints_recipe():
+    import torch
+
+    from fer_lib.train import resolve_config
+    ck = torch.load(CKPT, map_location="cpu", weights_only=True)
+    config = ROOT / "configs" / f"{ck['model_name']}.json"   # what README's reproduce line passes
+    ours = vars(resolve_config(str(config)))
+    ignore = ("data", "out", "progress")
+    assert {k: v for k, v in ours.items() if k not in ignore} == \
+        {k: v for k, v in ck["config"].items() if k not in ignore}
