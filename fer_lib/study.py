@@ -349,7 +349,13 @@ def run(args) -> int:
                 print("wrote", ref)
             return 0
         if args.leave_out_faces:
-            for what in leave_out_faces(args.leave_out_faces, args.notebooks):
+            removed = leave_out_faces(args.leave_out_faces, args.notebooks)
+            manifest = Path(args.leave_out_faces) / "manifest.json"
+            if removed and manifest.exists():  # the report says what it no longer shows
+                m = json.loads(manifest.read_text())
+                m["faces_left_out"] = m.get("faces_left_out", []) + removed
+                write_atomic(manifest, json.dumps(m, indent=2, default=str))
+            for what in removed:
                 print("left out", what)
             return 0
         m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
