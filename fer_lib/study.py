@@ -189,6 +189,11 @@ def leave_out_faces(report_dir, notebooks_dir=NOTEBOOKS) -> list[str]:
         for fig in sorted(report_dir.rglob(pattern)):
             fig.unlink()
             removed.append(str(fig.relative_to(report_dir)))
+    manifest = report_dir / "manifest.json"
+    if removed and manifest.exists():  # the report says what it no longer shows
+        m = json.loads(manifest.read_text())
+        m["faces_left_out"] = m.get("faces_left_out", []) + removed
+        write_atomic(manifest, json.dumps(m, indent=2, default=str))
     return removed
 
 
@@ -259,7 +264,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         print(f"[study {i}/{len(notebooks)}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
         if failure:
             break
-    if not faces:
+    if not faces:  # before the manifest's last write, which then keeps the list
         manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
     manifest["data"].update(describe_data(h5))
     manifest.update(status="failed" if failure else "ok", end=now(), wall_s=round(time.time() - t_study, 1))
@@ -349,13 +354,7 @@ def run(args) -> int:
                 print("wrote", ref)
             return 0
         if args.leave_out_faces:
-            removed = leave_out_faces(args.leave_out_faces, args.notebooks)
-            manifest = Path(args.leave_out_faces) / "manifest.json"
-            if removed and manifest.exists():  # the report says what it no longer shows
-                m = json.loads(manifest.read_text())
-                m["faces_left_out"] = m.get("faces_left_out", []) + removed
-                write_atomic(manifest, json.dumps(m, indent=2, default=str))
-            for what in removed:
+            for what in leave_out_faces(args.leave_out_faces, args.notebooks):
                 print("left out", what)
             return 0
         m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,

@@ -178,6 +178,7 @@ def test_leave_out_faces_strips_face_cells_and_figures(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[run_faces, run_other]), str(report / "04_eval.ipynb"))
     for name in ("best/gradcam_test.png", "best/confident_mistakes_test.png", "best/confusion_test_counts.png"):
         (report / name).write_bytes(b"png")
+    (report / "manifest.json").write_text('{"run": "r"}')
 
     removed = leave_out_faces(report, tmp_path / "src")
     assert removed == ["04_eval.ipynb: cell face-cell", "best/confident_mistakes_test.png", "best/gradcam_test.png"]
@@ -187,4 +188,5 @@ def test_leave_out_faces_strips_face_cells_and_figures(tmp_path):
     assert sorted(p.name for p in (report / "best").iterdir()) == ["confusion_test_counts.png"]
     html = (report / "04_eval.html").read_text()
     assert "FACESFACES" not in html and "FER-2013 faces left out" in html
+    assert json.loads((report / "manifest.json").read_text())["faces_left_out"] == removed
     assert leave_out_faces(report, tmp_path / "src") == []              # idempotent
