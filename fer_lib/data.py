@@ -26,6 +26,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from .report import write_atomic
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
@@ -294,14 +296,12 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 def write_hdf5(out, splits: dict, **attrs) -> Path:
     """Write {split: (images, labels, names)} plus file attributes `attrs` to `out`, atomically.
 
-    The file is written under a temporary name beside `out`, then renamed: readers see the
-    old file or the complete new one, and a failure leaves the old one untouched.
+    Through report.write_atomic: readers see the old file or the complete new one, and a
+    failure leaves the old one untouched.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     mean, std = pixel_stats(splits["train"][0])
-    try:
+
+    def write(tmp):
         with h5py.File(tmp, "x") as f:   # "x": create, never overwrite; mode 0666 minus the umask
             for split in SPLITS:
                 images, labels, names = splits[split]
@@ -316,11 +316,8 @@ def write_hdf5(out, splits: dict, **attrs) -> Path:
             f.attrs.update(class_names=list(CLASS_NAMES), splits=list(SPLITS),
                            counts=[len(splits[s][0]) for s in SPLITS], mean=mean, std=std,
                            ingest_version=INGEST_VERSION, **attrs)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+
+    return write_atomic(out, write)
 
 
 def read_info(path) -> dict:

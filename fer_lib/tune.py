@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from . import train
 from .data import read_info
+from .models import create_model
 from .profiles import profile_params
 from .report import write_atomic
 from .train import TrainConfig, resolve_config
@@ -61,7 +62,6 @@ def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
 def default_params(base: TrainConfig) -> dict:
     """`base` as a point of the search space: enqueued as the study's first trial, it measures the
     untuned recipe at the trials' budget, so the report shows what tuning gained."""
-    from .models import create_model
     drop = base.drop_rate
     if drop is None:  # the model's own head dropout
         drop = next(m.p for m in create_model(base.model, **base.model_args).modules()
