@@ -237,6 +237,15 @@ def _save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def training_summary(history) -> dict | None:
+    """Epochs run, training wall time and median epoch time from a checkpoint's history."""
+    if not history:
+        return None
+    times = [r["time_s"] for r in history if "time_s" in r]
+    return {"epochs_run": len(history), "wall_s": round(sum(times), 1),
+            "median_epoch_s": round(float(np.median(times)), 1) if times else None}
+
+
 def _plain(o):
     """json.dumps fallback for numpy scalars and arrays."""
     return o.item() if isinstance(o, np.generic) else o.tolist()
@@ -266,6 +275,7 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
         "data": str(h5), "data_sha256": source_sha256(h5), "data_source_sha256": info["source_sha256"],
         "synthetic_data": info["synthetic"], "model_name": clf.meta.get("model_name"),
         "model_args": clf.meta.get("model_args"), "checkpoint_epoch": clf.meta.get("epoch"),
+        "train_config": clf.meta.get("config"), "training": training_summary(clf.meta.get("history")),
         "class_names": clf.class_names, "splits": {s: SPLIT_USAGE[s] for s in EVAL_SPLITS},
         "tta": list(modes[1:]), "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ECE_BINS, "temperature": temps,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -194,5 +194,5 @@ def load_model(path) -> Classifier:
     """Load a checkpoint written by fer_lib.train as a ready-to-use Classifier."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).to(memory_format=torch.channels_last)
-    meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "version")}
+    meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version")}
     return Classifier(model, ckpt["mean"], ckpt["std"], ckpt["class_names"], meta)

@@ -8,10 +8,12 @@ never typed in; each row names the file it came from.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
 import platform
+import shlex
 import subprocess
 import statistics
 import sys
@@ -68,13 +70,22 @@ def describe_environment() -> dict:
             "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "packages": versions}
 
 
+CODE_PATHS = ("fer_lib", "notebooks", "configs", "benchmarks", "pyproject.toml")
+
+
 def describe_git() -> dict:
+    """The commit of the fer_lib that is running (not of the current folder: an editable install
+    may point elsewhere) and a hash of uncommitted changes to the code, so a study can tell if
+    its code changed under it."""
     def git(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        status = git("status", "--porcelain", "--", *CODE_PATHS)  # reports/ change during a study; code must not
+        changes = git("diff", "HEAD", "--binary", "--", *CODE_PATHS) + "\0" + status
+        return {"root": str(ROOT), "commit": git("rev-parse", "HEAD"), "dirty": bool(status),
+                "changes_sha256": hashlib.sha256(changes.encode()).hexdigest()}
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+        return {"root": str(ROOT), "commit": None, "dirty": None, "changes_sha256": None}
 
 
 def describe_data(h5) -> dict:
@@ -167,8 +178,10 @@ def write_index(report_dir: Path, manifest: dict, work_dir: Path | None = None) 
     facts = [("profile", m["profile"]), ("status", m["status"]), ("data", data.get("kind")),
              ("data source", data.get("source") or "synthetic faces (fer_lib.synthetic)"),
              ("data sha256", data.get("sha256")), ("checkpoint for 04/05", m["checkpoint"]["why"]),
-             ("git commit", f"{git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''}"),
+             ("git commit", f"{git.get('commit')}{' (uncommitted code changes)' if git.get('dirty') else ''}"),
              ("device", m["environment"]["device"]), ("start (UTC)", m["start"]), ("wall time", f"{m['wall_s']} s")]
+    if m.get("code_changed"):
+        facts.append(("code changed during the run", ", ".join(m["code_changed"])))
     if m.get("error"):
         facts.append(("error", m["error"]))
     nbs = [(n["name"], n["status"], f"{n.get('wall_s', '')} s") for n in m["notebooks"]]
@@ -210,13 +223,18 @@ def write_index(report_dir: Path, manifest: dict, work_dir: Path | None = None) 
 
 # ----------------------------------------------------------------------------- README results
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+def readme_markers(name: str) -> tuple[str, str]:
+    """The comment pair around a generated README block."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+README_START, README_END = readme_markers("results")
 
 
 def readme_results(checkpoint: Path, metrics_json: Path) -> str:
     """The README's results block, built only from the committed checkpoint and its metrics.json.
 
-        python -m fer_lib.report models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
+        python -m fer_lib.report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
     """
     import torch
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -254,12 +272,84 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
     ])
 
 
-def update_readme(readme: Path, block: str) -> None:
+def search_summary(study_json: Path) -> str:
+    """One sentence on an Optuna search from the JSON notebook 03 writes (`03_optuna.json`)."""
+    d = json.loads(Path(study_json).read_text())
+    search, default = d["search"], d["default_trial"]
+    return (f"The search (`{Path(study_json).as_posix()}`): {d['n_trials']} trials of {search['epochs_per_trial']} "
+            f"epochs on a stratified {search['train_fraction']:.0%} of Training, {d['n_pruned']} pruned. PublicTest "
+            f"accuracy of the untuned default (trial {default['number']}): {100 * default['value']:.2f}%; of the best "
+            f"trial ({d['best_trial']}): {100 * d['best_value']:.2f}%.")
+
+
+def readme_tuning(entries, study_json: Path | None = None) -> str:
+    """The README's tuned-against-untuned block: the search in a sentence (from study_json), then one
+    table row per (label, metrics.json of `fer evaluate`); the first row is the reference.
+
+        python -m fer_lib.report tuning --search reports/full-real/03_optuna.json \\
+            "untuned default=reports/tuning/default/metrics.json" "Optuna best=reports/tuning/optuna-best/metrics.json"
+    """
+    rows, runs = [], []
+    for label, path in entries:
+        m = json.loads(Path(path).read_text())
+        cfg, tr = m.get("train_config"), m.get("training")
+        if not cfg or not tr:
+            raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
+        val, test = m["val"]["plain"], m["test"]["plain"]
+        runs.append((label, val["accuracy"], test["accuracy"]))
+        lo, hi = test["accuracy_ci95"]
+        delta = (f"{100 * (val['accuracy'] - runs[0][1]):+.2f} / {100 * (test['accuracy'] - runs[0][2]):+.2f}"
+                 if len(runs) > 1 else "reference")
+        rows.append(f"| {label} | `{cfg['model']}` | {cfg['optimizer']} / {cfg['scheduler']} | {cfg['batch_size']} "
+                    f"| {cfg['lr']:.3g} | {tr['epochs_run']} (best {m['checkpoint_epoch']}) | {tr['wall_s'] / 60:.0f} min, "
+                    f"{tr['median_epoch_s']:.0f} s/epoch | {100 * val['accuracy']:.2f}% "
+                    f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {delta} "
+                    f"| `{Path(path).parent.as_posix()}/` |")
+    (ref, ref_val, ref_test), best = runs[0], max(runs, key=lambda r: r[1])
+    verdict = (f"Chosen on PublicTest: **{best[0]}**"
+               + (f", {100 * (best[1] - ref_val):+.2f} points over {ref} on PublicTest and "
+                  f"{100 * (best[2] - ref_test):+.2f} on PrivateTest." if best[0] != ref else
+                  "; no other recipe beat it on PublicTest, so tuning did not help here."))
+    command = " ".join(["python -m fer_lib.report tuning", *(["--search", str(study_json)] if study_json else []),
+                        *(shlex.quote(f"{label}={path}") for label, path in entries)])
+    return "\n".join([
+        f"<!-- made by: {command} -->",  # the README test reruns it
+        *([search_summary(study_json), ""] if study_json else []),
+        "| recipe | model | optimizer / scheduler | batch | lr | epochs | training time (median epoch) | PublicTest "
+        "| PrivateTest [95% CI] | vs first row, points (Public / Private) | report |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", verdict])
+
+
+def update_readme(readme: Path, block: str, name: str = "results") -> None:
+    """Replace what lies between <!-- NAME:start --> and <!-- NAME:end --> in the README."""
+    start, end = readme_markers(name)
     text = readme.read_text()
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    write_atomic(readme, f"{head}{README_START}\n{block}\n{README_END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_atomic(readme, f"{head}{start}\n{block}\n{end}{tail}")
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m fer_lib.report", description="Regenerate a README block.")
+    sub = p.add_subparsers(dest="block", required=True)
+    r = sub.add_parser("results", help="the committed model's results")
+    r.add_argument("checkpoint", type=Path)
+    r.add_argument("metrics", type=Path, help="its fer evaluate metrics.json")
+    t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
+    t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
+    t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    a = p.parse_args(argv)
+    if a.block == "results":
+        update_readme(a.readme, readme_results(a.checkpoint, a.metrics))
+    else:
+        if any("=" not in run for run in a.runs):
+            p.error("each run is LABEL=path/to/metrics.json")
+        update_readme(a.readme, readme_tuning([run.split("=", 1) for run in a.runs], a.search), "tuning")
 
 
 if __name__ == "__main__":
-    update_readme(Path("README.md"), readme_results(Path(sys.argv[1]), Path(sys.argv[2])))
+    main()

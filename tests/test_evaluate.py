@@ -171,6 +171,11 @@ def test_fer_evaluate_end_to_end(tiny_checkpoint, synthetic_h5, tmp_path, capsys
     assert m["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert m["data_sha256"] == hashlib.sha256(synthetic_h5.read_bytes()).hexdigest()
     assert m["model_name"] == "vgg_small" and m["synthetic_data"] is True
+    ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert m["train_config"] == ck["config"]                   # the report names the recipe it scores
+    assert m["training"] == {"epochs_run": len(ck["history"]),
+                             "wall_s": round(sum(r["time_s"] for r in ck["history"]), 1),
+                             "median_epoch_s": round(float(np.median([r["time_s"] for r in ck["history"]])), 1)}
     assert set(m["temperature"]) == set(m["val"]) == set(m["test"]) == {"plain", "flip", "tencrop"}
     faces, y = load_split(synthetic_h5, "test")
     test = m["test"]["plain"]

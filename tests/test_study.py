@@ -100,6 +100,44 @@ def test_failing_notebook_is_named_and_recorded(stub_study, tmp_path, capsys):
     assert "[02_use_stub](02_use_stub.html) | failed" in (tmp_path / "bad" / "index.md").read_text()
 
 
+def test_code_changed_during_a_study_is_recorded(tmp_path, monkeypatch, capsys):
+    from fer_lib import study
+    calls = []
+
+    def git_state():  # the code's commit moves after the study started, as when someone commits mid-run
+        calls.append(1)
+        return {"root": "/src", "commit": "c1" if len(calls) == 1 else "c2", "dirty": False, "changes_sha256": "0"}
+    monkeypatch.setattr(study, "describe_git", git_state)
+    assert main(["study", "--notebooks", str(STUBS), "--out", str(tmp_path), "--work", str(tmp_path),
+                 "--run", "drift", "--h5", str(tmp_path / "s.h5")]) == 0
+    assert "WARNING: fer_lib in /src changed since the study started; 02_use_stub" in capsys.readouterr().out
+    m = json.loads((tmp_path / "drift" / "manifest.json").read_text())
+    assert m["git"]["commit"] == "c1" and m["code_changed"] == ["02_use_stub"]
+    assert "git" not in m["notebooks"][0] and m["notebooks"][1]["git"]["commit"] == "c2"
+    assert "| code changed during the run | 02_use_stub |" in (tmp_path / "drift" / "index.md").read_text()
+
+
+def test_describe_git_sees_uncommitted_code_but_not_reports(tmp_path, monkeypatch):
+    from fer_lib import report
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "fer_lib").mkdir()
+    (tmp_path / "fer_lib" / "m.py").write_text("x = 1\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "c"], check=True)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    clean = report.describe_git()
+    assert clean["dirty"] is False and len(clean["commit"]) == 40
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "index.md").write_text("a report being written")
+    assert report.describe_git() == clean                      # a study writing its report is no code change
+    (tmp_path / "fer_lib" / "m.py").write_text("x = 2\n")
+    edited = report.describe_git()
+    assert edited["dirty"] is True and edited["changes_sha256"] != clean["changes_sha256"]
+    (tmp_path / "fer_lib" / "m.py").write_text("x = 3\n")
+    assert report.describe_git()["changes_sha256"] != edited["changes_sha256"]   # a second edit is seen too
+
+
 # ----------------------------------------------------------------------------- nbval regression
 
 def alter_checked_output(path: Path) -> str:
