@@ -158,12 +158,12 @@ def render_html(ipynb: Path, out: Path) -> None:
     write_atomic(out, body)
 
 
-# FER-2013 may not be redistributed, so a report meant for publishing (the committed one) leaves
-# its faces out: outputs of the cells tagged FACES_TAG and the figure files below.
+# Neither FER-2013 nor a user's video clip may be redistributed, so a report meant for publishing
+# (the committed one) leaves their faces out: outputs of the cells tagged FACES_TAG and these figures.
 FACES_TAG = "faces"
-FACE_FIGURES = ("01_sample_grid.png", "confident_mistakes_*.png", "gradcam_*.png")
-FACES_NOTE = ("[FER-2013 faces left out of this published report (fer study --no-faces): the dataset may not be "
-              "redistributed. Run the notebook on your copy to see them.]\n")
+FACE_FIGURES = ("01_sample_grid.png", "confident_mistakes_*.png", "gradcam_*.png", "05_frames.png")
+FACES_NOTE = ("[Faces left out of this published report (fer study --no-faces): FER-2013 and the video clip may "
+              "not be redistributed. Run the notebook on your copy to see them.]\n")
 
 
 def leave_out_faces(report_dir, notebooks_dir=NOTEBOOKS) -> list[str]:
@@ -192,7 +192,7 @@ def leave_out_faces(report_dir, notebooks_dir=NOTEBOOKS) -> list[str]:
     manifest = report_dir / "manifest.json"
     if removed and manifest.exists():  # the report says what it no longer shows
         m = json.loads(manifest.read_text())
-        m["faces_left_out"] = m.get("faces_left_out", []) + removed
+        m["faces_left_out"] = list(dict.fromkeys(m.get("faces_left_out", []) + removed))  # once each
         write_atomic(manifest, json.dumps(m, indent=2, default=str))
     return removed
 

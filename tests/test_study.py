@@ -214,17 +214,23 @@ def test_leave_out_faces_strips_face_cells_and_figures(tmp_path):
     report = tmp_path / "report"
     (report / "best").mkdir(parents=True)
     nbformat.write(nbformat.v4.new_notebook(cells=[run_faces, run_other]), str(report / "04_eval.ipynb"))
-    for name in ("best/gradcam_test.png", "best/confident_mistakes_test.png", "best/confusion_test_counts.png"):
+    for name in ("best/gradcam_test.png", "best/confident_mistakes_test.png", "best/confusion_test_counts.png",
+                 "05_frames.png"):
         (report / name).write_bytes(b"png")
     (report / "manifest.json").write_text('{"run": "r"}')
 
     removed = leave_out_faces(report, tmp_path / "src")
-    assert removed == ["04_eval.ipynb: cell face-cell", "best/confident_mistakes_test.png", "best/gradcam_test.png"]
+    assert removed == ["04_eval.ipynb: cell face-cell", "best/confident_mistakes_test.png", "best/gradcam_test.png",
+                       "05_frames.png"]                          # frames of the user's clip too
     nb = nbformat.read(str(report / "04_eval.ipynb"), as_version=4)
     assert [o.get("text") for o in nb.cells[0].outputs] == [FACES_NOTE]
     assert nb.cells[1].outputs[0]["text"] == "7\n"                     # other cells untouched
     assert sorted(p.name for p in (report / "best").iterdir()) == ["confusion_test_counts.png"]
     html = (report / "04_eval.html").read_text()
-    assert "FACESFACES" not in html and "FER-2013 faces left out" in html
+    assert "FACESFACES" not in html and "Faces left out of this published report" in html
     assert json.loads((report / "manifest.json").read_text())["faces_left_out"] == removed
     assert leave_out_faces(report, tmp_path / "src") == []              # idempotent
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="[an older note]\n")]
+    nbformat.write(nb, str(report / "04_eval.ipynb"))
+    assert leave_out_faces(report, tmp_path / "src") == ["04_eval.ipynb: cell face-cell"]  # the note is renewed,
+    assert json.loads((report / "manifest.json").read_text())["faces_left_out"] == removed  # listed once
