@@ -15,7 +15,6 @@ import os
 import platform
 import shlex
 import subprocess
-import statistics
 import sys
 import uuid
 from importlib import metadata
@@ -237,10 +236,11 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
         python -m fer_lib.report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
     """
     import torch
+
+    from .evaluate import training_summary  # evaluate imports this module
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     m = json.loads(Path(metrics_json).read_text())
-    hist, cfg = ck["history"], ck["config"]
-    wall_min = sum(r["time_s"] for r in hist) / 60
+    cfg, trained = ck["config"], training_summary(ck["history"])
     run = Path(cfg["out"]).parent.name  # fer study trains in runs/study/<run>/train
     manifest = ROOT / "reports" / run / "manifest.json"
     made_by = ""
@@ -254,10 +254,10 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
             rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
                         f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
     return "\n".join([
-        f"Model `{ck['model_name']}` ({checkpoint}), trained {len(hist)} epochs on Training with "
+        f"Model `{ck['model_name']}` ({checkpoint}), trained {trained['epochs_run']} epochs on Training with "
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
         f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time on the 2-core CPU: "
-        f"{wall_min:.0f} min, median {statistics.median(r['time_s'] for r in hist):.0f} s per epoch "
+        f"{trained['wall_s'] / 60:.0f} min, median {trained['median_epoch_s']:.0f} s per epoch "
         "(an epoch takes longer while other jobs share the CPU).",
         "",
         "| split | TTA | accuracy [95% CI] | macro-F1 | ECE |",

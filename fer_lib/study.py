@@ -249,9 +249,9 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         manifest["seeds"][nb.stem] = {k: v for k, v in params.items() if k == "seed" or k.endswith("_seed")}
         write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
         print(f"[study {i}/{len(notebooks)}] {nb.stem} ...", flush=True)
-        if i > 1 and describe_git() != manifest["git"]:
+        if i > 1 and (git := describe_git()) != manifest["git"]:
             # Each kernel imports fer_lib afresh: edits made during a long run would go unrecorded.
-            entry["git"] = describe_git()
+            entry["git"] = git
             manifest.setdefault("code_changed", []).append(nb.stem)
             print(f"WARNING: fer_lib in {entry['git']['root']} changed since the study started; "
                   f"{nb.stem} runs with different code (recorded in the manifest)", flush=True)
