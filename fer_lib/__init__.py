@@ -11,3 +11,11 @@ with warnings.catch_warnings():
     # "IProgress not found" into every notebook; importing it once here keeps that out.
     warnings.simplefilter("ignore", TqdmWarning)
     importlib.import_module("tqdm.auto")
+
+
+def __getattr__(name):
+    """`fer_lib.load_model(path)`, as the README says, without importing torch for every `fer` command."""
+    if name == "load_model":
+        from .models import load_model
+        return load_model
+    raise AttributeError(f"module 'fer_lib' has no attribute {name!r}")

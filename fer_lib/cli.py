@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+# A user's mistake is one line on stderr and exit 2 (FER_DEBUG=1 shows the traceback instead).
 # Each module owns its flags (add_arguments) and its action (run); imported lazily so
 # `fer preprocess` doesn't pay for Optuna or OpenCV video imports.
 COMMANDS = {
@@ -36,7 +38,16 @@ def main(argv=None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return module.run(args) or 0
+    try:
+        return module.run(args) or 0
+    except (ValueError, OSError) as e:  # UserError and the like: the message names the culprit
+        if os.environ.get("FER_DEBUG"):
+            raise
+        print(f"fer {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fer {argv[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ mean/std stored in the file. Rerunning on an unchanged source reuses the file.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -26,6 +27,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import UserError, check_output_path
 from .report import write_atomic
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,8 @@ INGEST_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 
 
-class DataError(ValueError):
-    """A source that cannot be ingested; the message names the culprit."""
+class DataError(UserError):
+    """A source that cannot be ingested, or an HDF5 file that cannot be read; the message names the culprit."""
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -111,7 +113,10 @@ def _read_images(source: Path, root: str, rels: list[str], read_bytes, resize: b
     for rel, (split, label) in tqdm(zip(rels, parsed), total=len(rels), desc="ingest", unit="img",
                                     leave=False, mininterval=1, disable=not progress):
         images, labels, names = out[split]
-        img = cv2.imdecode(np.frombuffer(read_bytes(root + rel), np.uint8), cv2.IMREAD_GRAYSCALE)
+        data = read_bytes(root + rel)
+        if not data:
+            raise DataError(f"{prefix}{rel}: corrupt or not an image (an empty file, 0 bytes)")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise DataError(f"{prefix}{rel}: corrupt or not an image")
         if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
@@ -183,6 +188,15 @@ def read_csv(path, resize: bool = False, progress: bool = False) -> dict:
     `resize` does not apply (a row of 48*48 pixels has no other shape to resize from).
     """
     path = Path(path)
+    try:
+        return _read_csv(path, progress)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text CSV file (byte {e.start} is not UTF-8); give fer2013.csv") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def _read_csv(path: Path, progress: bool) -> dict:
     out = {s: ([], [], []) for s in SPLITS}
     with open(path, newline="") as f:
         reader = csv.reader(f)
@@ -262,6 +276,7 @@ def build_hdf5(source, out="data/fer2013.h5", resize: bool = False, force: bool 
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"FER-2013 source not found: {source}")
+    check_output_path(out, "--out")
     sha = source_sha256(source)
     if out.exists() and not force:
         try:
@@ -320,14 +335,34 @@ def write_hdf5(out, splits: dict, **attrs) -> Path:
     return write_atomic(out, write)
 
 
+@contextlib.contextmanager
+def open_h5(path):
+    """h5py.File(path, "r") with errors that name the file and say how to make a good one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path} (make it with: fer preprocess archive.zip --out {path})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e}); rebuild it with fer preprocess") from None
+    try:
+        if "ingest_version" not in f.attrs:
+            raise DataError(f"{path}: an HDF5 file, but not one written by fer preprocess")
+        yield f
+    except (KeyError, OSError) as e:
+        raise DataError(f"{path}: incomplete or damaged ({e}); rebuild it with fer preprocess") from None
+    finally:
+        f.close()
+
+
 def read_info(path) -> dict:
     """The file's metadata: class names, per-split counts, normalization, provenance."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         a = f.attrs
         return {
             "class_names": [str(c) for c in a["class_names"]],
             "counts": dict(zip(SPLITS, (int(c) for c in a["counts"]))),
-            "class_counts": {s: f[s].attrs["class_counts"].astype(int).tolist() for s in SPLITS},
+            "class_counts": {s: f[s].attrs["class_counts"].astype(int).tolist() for s in SPLITS if s in f},
             "mean": float(a["mean"]), "std": float(a["std"]),
             "source": str(a["source"]), "source_sha256": str(a["source_sha256"]),
             "ingest_version": int(a["ingest_version"]),
@@ -342,7 +377,10 @@ def load_split(path, split: str, normalize: bool = False, as_tensor: bool = Fals
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
+        if split not in f or "images" not in f[split] or "labels" not in f[split]:
+            raise DataError(f"{path}: no split '{split}' ({SPLIT_USAGE[split]}); rebuild it with fer preprocess "
+                            "from a source that has it")
         images = f[split]["images"][:]
         labels = f[split]["labels"][:].astype(np.int64)
         mean, std = float(f.attrs["mean"]), float(f.attrs["std"])

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import SPLIT_USAGE, load_split, read_info, source_sha256
+from .errors import check_output_path
 from .models import load_model
 from .report import write_atomic
 
@@ -46,13 +47,14 @@ def parse_tta(tta) -> tuple[str, ...]:
     return modes
 
 
-def tta_views(faces, mode: str = "plain", crop: int = 44) -> torch.Tensor:
-    """uint8 faces (N, 48, 48) -> uint8 views (V, N, 48, 48).
+def tta_views(faces, mode: str = "plain", crop: int = 44, resize: bool = True) -> torch.Tensor:
+    """uint8 faces (N, 48, 48) -> uint8 views (V, N, 48, 48), or (V, N, crop, crop) without resize.
 
     plain: V=1. flip: the faces and their mirror images, V=2. tencrop: the four corner crops
-    and the centre crop of side `crop`, each resized back to 48x48 (bilinear), then their
-    mirrors, V=10. Resizing rather than padding: a 44->48 zoom (x1.09) with a 2-px shift lies
-    inside the training augmentation (scale 0.9-1.1, shift 10%), padding would add borders.
+    and the centre crop of side `crop`, then their mirrors, V=10. For a model trained at 48 px
+    each crop is resized back to 48x48 (bilinear): a 44->48 zoom (x1.09) with a 2-px shift lies
+    inside the training augmentation (scale 0.9-1.1, shift 10%), padding would add borders. For
+    a model trained on random crops of side `crop` (resize=False) the crops go in as they are.
     """
     x = torch.as_tensor(np.ascontiguousarray(faces))
     if mode == "plain":
@@ -64,17 +66,23 @@ def tta_views(faces, mode: str = "plain", crop: int = 44) -> torch.Tensor:
     h, w = x.shape[-2:]
     if not 0 < crop <= min(h, w):
         raise ValueError(f"crop {crop} must be in 1..{min(h, w)}")
-    xf = x[:, None].float()  # (N, 1, 48, 48)
     offsets = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop), ((h - crop) // 2, (w - crop) // 2)]
-    crops = torch.stack([F.interpolate(xf[..., i:i + crop, j:j + crop], size=(h, w), mode="bilinear",
-                                       align_corners=False)[:, 0] for i, j in offsets])  # (5, N, 48, 48)
-    crops = crops.round().clamp(0, 255).to(torch.uint8)  # the Classifier takes uint8 faces
+    if resize:
+        xf = x[:, None].float()  # (N, 1, 48, 48)
+        crops = torch.stack([F.interpolate(xf[..., i:i + crop, j:j + crop], size=(h, w), mode="bilinear",
+                                           align_corners=False)[:, 0] for i, j in offsets])  # (5, N, 48, 48)
+        crops = crops.round().clamp(0, 255).to(torch.uint8)  # the Classifier takes uint8 faces
+    else:
+        crops = torch.stack([x[..., i:i + crop, j:j + crop] for i, j in offsets])  # (5, N, crop, crop)
     return torch.cat([crops, crops.flip(-1)])
 
 
 def predict_logits(clf, faces, mode: str = "plain") -> np.ndarray:
-    """Logits of every view of every face: (V, N, C) float32."""
-    return np.stack([clf.predict_logits(v).numpy() for v in tta_views(faces, mode)])
+    """Logits of every view of every face: (V, N, C) float32. A crop-trained classifier gets its
+    own crop side for ten-crop, and its centre crop (inside the Classifier) otherwise."""
+    cropped = clf.input_size < 48
+    views = tta_views(faces, mode, crop=clf.input_size if cropped else 44, resize=not cropped)
+    return np.stack([clf.predict_logits(v).numpy() for v in views])
 
 
 def average_proba(logits, temperature: float = 1.0) -> np.ndarray:
@@ -174,10 +182,10 @@ def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
     conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
     acts = []
     handle = conv.register_forward_hook(lambda m, i, out: acts.append(out))  # (N, K, h, w)
-    x = (torch.as_tensor(np.ascontiguousarray(faces))[:, None].float() / 255.0 - clf.mean) / clf.std
+    x = clf.preprocess(faces)  # (N, 1, s, s): the centre crop for a crop-trained model
     try:
         with torch.enable_grad():
-            logits = model(x.contiguous(memory_format=torch.channels_last))
+            logits = model(x)
             tgt = logits.argmax(1) if target is None else torch.as_tensor(target).long()
             grads, = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts[0])
     finally:
@@ -186,6 +194,8 @@ def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
     cam = F.relu((weights * acts[0]).sum(1, keepdim=True)).detach()  # (N, 1, h, w)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    pad = (48 - cam.shape[-1]) // 2  # back onto the 48x48 face; the border outside the crop is 0
+    cam = F.pad(cam, (pad, 48 - cam.shape[-1] - pad, pad, 48 - cam.shape[-2] - pad))
     return cam.numpy(), torch.softmax(logits.detach(), 1).numpy()
 
 
@@ -260,6 +270,7 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
         if not path.is_file():
             raise FileNotFoundError(f"{what} not found: {path}")
     out_dir = Path(out_dir) if out_dir else report_dir_for(checkpoint)
+    check_output_path(out_dir / "metrics.json", "--out")  # before minutes of prediction
     clf, info = load_model(checkpoint), read_info(h5)
     if info["class_names"] != clf.class_names:
         raise ValueError(f"{h5}: classes {info['class_names']} differ from {checkpoint}'s {clf.class_names}")

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import warnings
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+from .errors import UserError
 
 _MODELS: dict = {}
 
@@ -60,6 +65,7 @@ class FerCNN(nn.Module):
     def __init__(self, widths=(64, 128, 256), convs_per_stage=1, hidden=256, global_pool=False,
                  num_classes=7, in_chans=1, drop_rate=0.5, stage_drop=0.0, activation="relu", img_size=48):
         super().__init__()
+        self.img_size = img_size  # the input side: 48, or the crop side of a crop-trained model
         layers, cin = [], in_chans
         for w in widths:
             for _ in range(convs_per_stage):
@@ -109,11 +115,66 @@ def vgg_small(**kw) -> nn.Module:
                      "drop_rate": 0.4, "stage_drop": 0.1, **kw})
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 strided projection) shortcut (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, activation: str):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  _act(activation),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.short = (nn.Identity() if stride == 1 and cin == cout else
+                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+        self.act = _act(activation)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.short(x))
+
+
+class FerResNet(nn.Module):
+    """A residual network for small faces: a 3x3 stem at full resolution, then one stage per
+    width, each halving the side (48 -> 24 -> 12 -> 6 -> 3), global average pooling, dropout, linear.
+    The width grows where the image is small, so most of the compute sits in the deeper stages."""
+
+    def __init__(self, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), stem_width=32, num_classes=7,
+                 in_chans=1, drop_rate=0.3, stage_drop=0.0, activation="relu", img_size=48):
+        super().__init__()
+        self.img_size = img_size
+        layers, cin = _conv_bn(in_chans, stem_width, activation), stem_width
+        for w, d in zip(widths, depths):
+            for i in range(d):
+                layers.append(BasicBlock(cin, w, 2 if i == 0 else 1, activation))
+                cin = w
+            if stage_drop:
+                layers.append(nn.Dropout2d(stage_drop))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
+                                  nn.Linear(cin, num_classes))
+        for m in self.modules():  # zero-init the last BN of each block: every block starts as identity
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.body[-1].weight)
+
+    def forward(self, x):  # (B, 1, S, S) -> (B, num_classes), any S >= 16
+        return self.head(self.features(x))
+
+
+@register_model
+def resnet(**kw) -> nn.Module:
+    """Ours: ResNet-18-like, stem 32 at 48 px, stages 64-128-256-512 at 24..3 px, global pool."""
+    return FerResNet(**kw)
+
+
+@register_model
+def resnet_small(**kw) -> nn.Module:
+    """resnet at half width (stem 16, stages 32-256): about vgg_small's compute."""
+    return FerResNet(**{"widths": (32, 64, 128, 256), "stem_width": 16, **kw})
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, img_size: int = 48, in_chans: int = 1) -> int:
+def count_macs(model: nn.Module, img_size: int | None = None, in_chans: int = 1) -> int:
     """Multiply-adds per image of the conv and linear layers, measured with forward hooks."""
     macs = []
 
@@ -125,6 +186,7 @@ def count_macs(model: nn.Module, img_size: int = 48, in_chans: int = 1) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
+    img_size = img_size or getattr(model, "img_size", 48)
     with torch.no_grad():
         model(torch.zeros(1, in_chans, img_size, img_size))
     model.train(was_training)
@@ -149,37 +211,72 @@ def summarize_models(names=None, **kwargs) -> list[dict]:
 CHECKPOINT_VERSION = 1
 
 
+CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict", "mean", "std", "class_names")
+
+
 def load_checkpoint(path) -> dict:
-    """The checkpoint dict; plain data only, so weights_only loading is safe."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint dict; plain data only, so weights_only loading is safe. A missing, damaged
+    or foreign file raises UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, zero bytes, random bytes, a pickle of arbitrary objects
+        kind = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise UserError(f"{path}: not a readable fer_lib checkpoint ({kind}); train one with fer train") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise UserError(f"{path}: not a fer_lib checkpoint (it lacks {', '.join(missing)}); "
+                        "a plain state_dict cannot be loaded: save it with fer train")
+    return ck
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     model = create_model(ckpt["model_name"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(ckpt["state_dict"])  # copies into fp32 parameters: fp16-stored weights load too
     return model.eval()
 
 
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred size x size window of (..., H, W)."""
+    h, w = x.shape[-2:]
+    i, j = (h - size) // 2, (w - size) // 2
+    return x[..., i:i + size, j:j + size]
+
+
 class Classifier:
-    """A trained model with its preprocessing: uint8 faces (N, 48, 48) -> probabilities (N, 7)."""
+    """A trained model with its preprocessing: uint8 faces (N, 48, 48) -> probabilities (N, 7).
+
+    A model trained on random crops (input_size < 48) sees the centre crop of each face; faces
+    already input_size on a side (the views of ten-crop evaluation) go in as they are."""
 
     def __init__(self, model: nn.Module, mean: float, std: float, class_names, meta: dict | None = None):
         self.model, self.mean, self.std = model.eval(), float(mean), float(std)
         self.class_names = list(class_names)
         self.meta = meta or {}
+        self.input_size = int(getattr(model, "img_size", 48))
+
+    def preprocess(self, faces) -> torch.Tensor:
+        """uint8 faces (N, 48, 48) or (N, s, s) at the model's input side s -> normalized (N, 1, s, s)."""
+        faces = torch.as_tensor(np.ascontiguousarray(faces))
+        if faces.ndim == 2:
+            faces = faces[None]
+        sizes = {(48, 48), (self.input_size, self.input_size)}
+        if faces.ndim != 3 or tuple(faces.shape[-2:]) not in sizes:
+            raise ValueError(f"expected faces shaped (N, 48, 48), got {tuple(faces.shape)}")
+        x = center_crop(faces, self.input_size)[:, None].float()
+        return ((x / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def predict_logits(self, faces, batch_size: int = 512) -> torch.Tensor:
-        faces = torch.as_tensor(faces)
-        if faces.ndim == 2:
-            faces = faces[None]
-        if faces.ndim != 3 or faces.shape[-2:] != (48, 48):
-            raise ValueError(f"expected faces shaped (N, 48, 48), got {tuple(faces.shape)}")
-        out = []
-        for i in range(0, len(faces), batch_size):
-            x = (faces[i:i + batch_size, None].float() / 255.0 - self.mean) / self.std  # (B, 1, 48, 48)
-            out.append(self.model(x.contiguous(memory_format=torch.channels_last)).float())
+        faces = torch.as_tensor(np.ascontiguousarray(faces))
+        faces = faces[None] if faces.ndim == 2 else faces
+        out = [self.model(self.preprocess(faces[i:i + batch_size])).float()
+               for i in range(0, len(faces), batch_size)]
+        if not out:
+            self.preprocess(faces)  # still checks the shape
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def predict_proba(self, faces, batch_size: int = 512):

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import nbformat
 
-from .report import describe_data, describe_environment, describe_git, write_atomic, write_index
+from .errors import UserError
+from .report import (describe_data, describe_environment, describe_git, mask_url, split_url_password, write_atomic,
+                     write_index)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -43,8 +45,12 @@ SYNTHETIC_BANNER = """
 """
 
 
-class StudyError(RuntimeError):
-    """A study that cannot run or did not finish; the message names the notebook or option."""
+class StudyError(UserError):
+    """A study that cannot run as asked; the message names the option or file (exit 2)."""
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the study raised; the message names it, its cell and its report (exit 1)."""
 
 
 # ----------------------------------------------------------------------------- notebooks and parameters
@@ -201,6 +207,26 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def hide_passwords(overrides: dict) -> dict:
+    """Overrides with every URL password taken out (`postgresql://u:pw@h/db` -> `postgresql://u@h/db`)
+    and handed to the notebooks' kernels as libpq's PGPASSWORD instead: no password reaches the
+    manifest, the executed notebooks, their HTML or a printed line."""
+    clean, passwords = {}, set()
+    for nb, values in overrides.items():
+        clean[nb] = {}
+        for key, value in values.items():
+            if isinstance(value, str):
+                value, password = split_url_password(value)
+                if password is not None:
+                    passwords.add(password)
+            clean[nb][key] = value
+    if len(passwords) > 1:
+        raise StudyError("-p: several storage URLs with different passwords; give one, or set PGPASSWORD / ~/.pgpass")
+    if passwords:
+        os.environ["PGPASSWORD"] = passwords.pop()  # the kernels inherit it; libpq reads it
+    return clean
+
+
 def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="reports",
               work="runs/study", h5: str | None = None, overrides: dict | None = None,
               only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None, faces: bool = True) -> dict:
@@ -220,14 +246,15 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     else:
         checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the checkpoint notebook 02 trained in this run"
     notebooks = list_notebooks(notebooks_dir, only)
+    overrides = hide_passwords(overrides or {})
     plan = plan_study(notebooks, overrides or {}, profile=profile, report_dir=str(report_dir),
                       work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint,
                       video=str(Path(video).resolve()) if video and not video.isdigit() else video)
-    if not only:   # a full rerun starts afresh: old report, checkpoints and Optuna journal (HDF5 is reused)
-        if (report_dir / "manifest.json").exists():
-            shutil.rmtree(report_dir)
-        for sub in ("train", "tune"):
-            shutil.rmtree(work_dir / sub, ignore_errors=True)
+    # A full rerun rewrites the report (made from the runs), but never deletes a run: notebook 02 resumes or
+    # returns its finished training of the same configuration and refuses another; notebook 03 resumes its
+    # study. A different recipe needs a new --run.
+    if not only and (report_dir / "manifest.json").exists():
+        shutil.rmtree(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     if not source:
@@ -236,7 +263,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
                 "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
                 "checkpoint": {"path": checkpoint, "why": why}, "report_dir": str(report_dir),
-                "work_dir": str(work_dir), "argv": sys.argv, "overrides": overrides or {}, "git": describe_git(),
+                "work_dir": str(work_dir), "argv": [mask_url(a) for a in sys.argv], "overrides": overrides or {}, "git": describe_git(),
                 "environment": describe_environment(), "seeds": {}, "notebooks": []}
     t_study = time.time()
     failure = None
@@ -281,7 +308,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     if not source:
         print(SYNTHETIC_BANNER, flush=True)
     if failure:
-        raise StudyError(f"{failure}\n  see {report_dir / (nb.stem + '.html')} and {report_dir / 'manifest.json'}")
+        raise NotebookFailed(f"{failure}\n  see {report_dir / (nb.stem + '.html')} and {report_dir / 'manifest.json'}")
     return manifest
 
 
@@ -365,7 +392,7 @@ def run(args) -> int:
             return 0
         m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
                       parse_overrides(args.param), args.only, args.notebooks, args.video, faces=not args.no_faces)
-    except StudyError as e:
+    except NotebookFailed as e:
         print(f"fer study: error: {e}", file=sys.stderr)
         return 1
     print(f"study {m['run']} ok in {m['wall_s']:.0f} s: {Path(m['report_dir']) / 'index.html'}")

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import __version__
 from .data import load_split, read_info
-from .models import CHECKPOINT_VERSION, count_macs, count_params, create_model
-from .report import write_atomic
+from .errors import UserError, check_output_path
+from .models import (CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint,
+                     load_model)
+from .report import clean_stale_partials, describe_environment, write_atomic
 
 
 @dataclass
@@ -50,6 +55,14 @@ class TrainConfig:
     augment: float = 1.0               # augmentation strength, 0 turns it off
     flip: bool = True                  # random horizontal flip
     erase: float = 0.25                # random-erasing probability (scaled by augment)
+    crop: int = 0                      # train on random crops of this side (e.g. 40), score the centre crop; 0 = off
+    mixup: float = 0.0                 # mixup alpha, lambda ~ Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0                # cutmix alpha; with mixup also on, each batch picks one (p = 0.5)
+    mix_prob: float = 1.0              # share of batches mixed when mixup or cutmix is on
+    ema_decay: float = 0.0             # per-step EMA of the weights, scored and checkpointed; 0 = off
+    teacher: str | None = None         # checkpoint to distil from (its soft targets on each training batch)
+    kd_alpha: float = 0.9              # weight of the distillation term; 1 - kd_alpha on the labels
+    kd_temperature: float = 4.0        # softmax temperature of teacher and student in the distillation term
     train_fraction: float = 1.0        # stratified subset of Training, for fast searches
     patience: int = 0                  # early stop after this many epochs without val gain; 0 = off
     precision: str = "auto"            # auto | fp32 | bf16 | fp16 (cuda)
@@ -138,36 +151,115 @@ def augment_batch(x: torch.Tensor, strength: float, flip: bool, erase: float) ->
     return x
 
 
-def _to_input(images_u8: torch.Tensor, mean: float, std: float, device) -> torch.Tensor:
+def random_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A random size x size window of each image of (B, C, H, W), one offset per image."""
+    b, _, h, w = x.shape
+    oy = torch.randint(0, h - size + 1, (b, 1))
+    ox = torch.randint(0, w - size + 1, (b, 1))
+    rows = (oy + torch.arange(size)).to(x.device)  # (B, size)
+    cols = (ox + torch.arange(size)).to(x.device)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """(B,) labels -> (B, C) targets: 1 - smoothing + smoothing / C on the label, smoothing / C elsewhere."""
+    off = smoothing / num_classes
+    return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)
+
+
+def mix_batch(x, y, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0,
+              switch_prob: float = 0.5, smoothing: float = 0.0):
+    """timm's Mixup in batch mode: mix each image with its mirror in the batch (x.flip(0)).
+
+    Returns (x, targets (B, C) summing to 1, lam, y_other). One lambda per batch; with both alphas
+    on, cutmix is picked with probability switch_prob; cutmix's lambda is the pasted box's true
+    area share. Label smoothing is mixed into the targets; at alpha 0 they are the smoothed labels.
+    """
+    target = smooth_one_hot(y, num_classes, smoothing)
+    # torch's RNG only, so that a resumed run draws what the uninterrupted one would
+    if (mixup <= 0 and cutmix <= 0) or torch.rand(()).item() >= prob:
+        return x, target, 1.0, y
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()).item() < switch_prob)
+    alpha = torch.tensor(cutmix if use_cutmix else mixup)
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2 + ch % 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2 + cw % 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = x * lam + x.flip(0) * (1 - lam)
+    return x, target * lam + target.flip(0) * (1 - lam), lam, y.flip(0)
+
+
+def _to_input(images_u8: torch.Tensor, mean: float, std: float, device, crop: int = 0) -> torch.Tensor:
     x = (images_u8.to(device).float().unsqueeze(1) / 255.0 - mean) / std  # (B, 1, 48, 48)
-    return x
+    return center_crop(x, crop) if crop else x
+
+
+def distill_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softened distributions, times T^2 (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
 
 
 # ----------------------------------------------------------------------------- one epoch
 
 def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfig, mean, std,
-                    device, amp_dtype, loss_weight=None, desc="train") -> dict:
-    """One pass over (images uint8 (N,48,48), labels); returns mean loss, accuracy and lr."""
+                    device, amp_dtype, loss_weight=None, desc="train", ema=None, teacher=None) -> dict:
+    """One pass over (images uint8 (N,48,48), labels); returns mean loss, accuracy and lr.
+
+    With mixup/cutmix the accuracy counts a prediction right in proportion to each label's share
+    of the mixed image, so it stays comparable with an unmixed run's."""
     model.train()
     order = torch.randperm(len(images))
     n_batches = len(order) // cfg.batch_size or 1  # drop the ragged last batch: BN needs >1 sample
-    total_loss, correct, seen = 0.0, 0, 0
+    num_classes = model.head[-1].out_features
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0
+    total_loss, correct, seen = 0.0, 0.0, 0
     bar = tqdm(range(n_batches), desc=desc, leave=False, disable=not cfg.progress, mininterval=2)
     for i in bar:
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         x = _to_input(images[idx], mean, std, device)
-        x = augment_batch(x, cfg.augment, cfg.flip, cfg.erase).contiguous(memory_format=torch.channels_last)
+        x = augment_batch(x, cfg.augment, cfg.flip, cfg.erase)
+        if cfg.crop:
+            x = random_crop(x, cfg.crop)  # (B, 1, crop, crop)
         y = labels[idx].to(device)
+        target, lam, y2 = None, 1.0, y
+        if mixing:
+            x, target, lam, y2 = mix_batch(x, y, num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob,
+                                           smoothing=cfg.label_smoothing)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=loss_weight, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_in = x if x.shape[-1] == teacher.img_size else F.interpolate(
+                        x, size=(teacher.img_size,) * 2, mode="bilinear", align_corners=False)
+                    t_logits = teacher(t_in).float()
+        logits = logits.float()
+        if target is not None:  # smoothing is already in the mixed targets
+            loss = F.cross_entropy(logits, target, weight=loss_weight)
+        else:
+            loss = F.cross_entropy(logits, y, weight=loss_weight, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            loss = cfg.kd_alpha * distill_loss(logits, t_logits, cfg.kd_temperature) + (1 - cfg.kd_alpha) * loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if cfg.scheduler == "onecycle":
             scheduler.step()
+        pred = logits.argmax(1)
         total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (lam * (pred == y).sum() + (1 - lam) * (pred == y2).sum()).item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     return {"train_loss": total_loss / seen, "train_acc": correct / seen,
@@ -175,13 +267,14 @@ def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfi
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, mean, std, device, amp_dtype=None, batch_size=512) -> dict:
-    """Loss and accuracy on (images uint8, labels) without augmentation; restores train mode."""
+def evaluate(model, images, labels, mean, std, device, amp_dtype=None, batch_size=512, crop: int = 0) -> dict:
+    """Loss and accuracy on (images uint8, labels) without augmentation (the centre crop for a
+    crop-trained model); restores train mode."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for i in range(0, len(images), batch_size):
-        x = _to_input(images[i:i + batch_size], mean, std, device).contiguous(memory_format=torch.channels_last)
+        x = _to_input(images[i:i + batch_size], mean, std, device, crop).contiguous(memory_format=torch.channels_last)
         y = labels[i:i + batch_size].to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x).float()
@@ -208,10 +301,30 @@ class Setup:
     device: torch.device
     amp_dtype: torch.dtype | None
     loss_weight: torch.Tensor | None
+    ema: AveragedModel | None = None          # the weights scored and checkpointed when ema_decay > 0
+    teacher: torch.nn.Module | None = None    # distillation teacher (eval mode, frozen)
+    machine: dict | None = None               # what trained it: CPU, threads, precision (for training times)
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model that is evaluated, selected and saved: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def ema_with_warmup(decay: float):
+    """AveragedModel's multi_avg_fn: EMA at min(decay, (1 + n) / (10 + n)) after n updates.
+
+    Without the warm-up a 0.999 average still holds half of the random initialization after
+    700 steps (three epochs), and its mixed BN statistics make it predict one class."""
+    def update(ema_params, model_params, n_averaged):
+        n = int(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, model_params, n_averaged)
+    return update
 
 
 def model_kwargs(cfg: TrainConfig) -> dict:
-    return {**cfg.model_args, "activation": cfg.activation, "drop_rate": cfg.drop_rate}
+    return {**cfg.model_args, "activation": cfg.activation, "drop_rate": cfg.drop_rate,
+            "img_size": cfg.crop or None}
 
 
 def build_optimizer(cfg: TrainConfig, params):
@@ -261,16 +374,32 @@ def setup(cfg: TrainConfig) -> Setup:
     if cfg.class_weights:
         counts = torch.bincount(tr_y, minlength=len(info["class_names"])).float()
         weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    # use_buffers: BN running statistics are averaged with the weights, so the EMA model's
+    # statistics belong to its own weights (as timm's ModelEma does)
+    ema = (AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    teacher = None
+    if cfg.teacher:
+        t = load_model(cfg.teacher)
+        if (t.mean, t.std, t.class_names) != (info["mean"], info["std"], info["class_names"]):
+            raise ValueError(f"teacher {cfg.teacher} was trained with other normalization or classes than {cfg.data}")
+        teacher = t.model.to(device).requires_grad_(False)
+    env = describe_environment()
+    machine = {k: env[k] for k in ("cpu", "cpu_flags", "cpu_count", "torch_threads", "device", "cpu_bf16")}
+    machine["precision"] = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     return Setup(cfg, model, optimizer, scheduler, (tr_x, tr_y), (torch.from_numpy(va_x), torch.from_numpy(va_y)),
-                 info["mean"], info["std"], info["class_names"], device, amp_dtype, weight)
+                 info["mean"], info["std"], info["class_names"], device, amp_dtype, weight, ema, teacher, machine)
 
 
 def run_epoch(s: Setup, epoch: int) -> dict:
     """Train one epoch, then score PublicTest; steps per-epoch schedulers. Returns the history row."""
     t0 = time.time()
     row = train_one_epoch(s.model, s.optimizer, s.scheduler, *s.train, s.cfg, s.mean, s.std, s.device,
-                          s.amp_dtype, s.loss_weight, desc=f"epoch {epoch}/{s.cfg.epochs}")
-    val = evaluate(s.model, *s.val, s.mean, s.std, s.device, s.amp_dtype)
+                          s.amp_dtype, s.loss_weight, desc=f"epoch {epoch}/{s.cfg.epochs}", ema=s.ema,
+                          teacher=s.teacher)
+    val = evaluate(s.scored, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)
+    if s.ema is not None:  # the raw weights too, to show what averaging adds
+        row["raw_val_acc"] = evaluate(s.model, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)["acc"]
     if s.cfg.scheduler == "plateau":
         s.scheduler.step(val["acc"])
     elif s.cfg.scheduler != "onecycle":
@@ -282,12 +411,13 @@ def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
     return {
         "version": CHECKPOINT_VERSION, "fer_lib_version": __version__,
         "model_name": s.cfg.model, "model_args": {k: v for k, v in model_kwargs(s.cfg).items() if v is not None},
-        "state_dict": s.model.state_dict(),
+        "state_dict": s.scored.state_dict(),  # the weights to predict with (the EMA's when on)
+        **({"train_state_dict": s.model.state_dict(), "ema_n_averaged": int(s.ema.n_averaged)} if s.ema else {}),
         "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
         "rng": torch.get_rng_state(),
         "epoch": epoch, "metric": {"val_acc": history[-1]["val_acc"], "val_loss": history[-1]["val_loss"]},
         "best": best, "history": history, "config": dataclasses.asdict(s.cfg),
-        "mean": s.mean, "std": s.std, "class_names": list(s.class_names),
+        "mean": s.mean, "std": s.std, "class_names": list(s.class_names), "machine": s.machine,
     }
 
 
@@ -296,53 +426,119 @@ def save_atomic(obj, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train per cfg, keeping last.pt every epoch and best.pt on PublicTest accuracy.
+RUN_FILES = ("last.pt", "best.pt", "history.json")
+UNCHECKED = ("progress", "out")  # may change between a run and its resumption
 
-    Returns {"history", "best", "out", "params", "macs", "wall_s"}.
+
+def _finished(ck: dict, cfg: TrainConfig) -> bool:
+    return ck["epoch"] >= cfg.epochs or bool(cfg.patience and ck["epoch"] - ck["best"]["epoch"] >= cfg.patience)
+
+
+def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict | None:
+    """Decide, before anything is written, what training into cfg.out means; the last.pt to resume
+    from, or None for a fresh run. Never replaces a run silently:
+
+    - a folder that holds a run needs resume (same configuration) or overwrite;
+    - resume needs a last.pt, and the configuration it was made with (the schedule depends on
+      every field, epochs included), else UserError naming the fields that differ;
+    - resume="auto" (notebook 02): resume when there is a run, start one when there is none.
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run folder")
+    check_output_path(out / "config.json", "--out")
+    held = [n for n in RUN_FILES if (out / n).exists()]
+    if overwrite or (not held and resume != True):  # noqa: E712 (True, not "auto")
+        return None
+    if not resume:
+        raise UserError(f"{out} already holds a run ({', '.join(held)}); continue it with --resume, "
+                        f"or train into a new --out, or pass --overwrite to replace it")
+    if not (out / "last.pt").exists():
+        raise UserError(f"nothing to resume in {out}: no last.pt" + (f" (it holds {', '.join(held)})" if held else ""))
+    ck = load_checkpoint(out / "last.pt")
+    saved, now, default = ck.get("config", {}), dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
+    # a field the run predates had its default then (the engine's additions are all off by default)
+    differ = [k for k in now if k not in UNCHECKED and saved.get(k, default[k]) != now[k]]
+    if differ:
+        what = "; ".join(f"{k}: run {saved.get(k)!r}, now {now[k]!r}" for k in differ)
+        raise UserError(f"{out} was trained with another configuration ({what}); resume it with its own "
+                        f"({out / 'config.json'}), or train into a new --out")
+    return ck
+
+
+def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Train per cfg, keeping last.pt every epoch and best.pt on PublicTest accuracy.
+
+    resume: continue cfg.out's run (True), or "auto": continue it if there is one. A folder that
+    holds a run is never trained into otherwise, unless overwrite. Returns {"history", "best",
+    "out", "params", "macs", "wall_s"}.
+    """
+    out = Path(cfg.out)
+    ck = check_run_folder(cfg, resume, overwrite)
+    if ck is not None and _finished(ck, cfg):
+        print(f"{out} is finished (epoch {ck['epoch']}, best PublicTest acc {ck['best']['val_acc']:.4f} "
+              f"at epoch {ck['best']['epoch']}); nothing to train")
+        model = create_model(cfg.model, **model_kwargs(cfg))
+        return {"history": ck["history"], "best": ck["best"], "out": str(out), "params": count_params(model),
+                "macs": count_macs(model), "wall_s": 0.0}
+    if cfg.batch_size < 2:
+        raise UserError(f"--batch-size {cfg.batch_size}: batch-norm needs at least 2 faces per batch")
     s = setup(cfg)
+    if len(s.train[1]) < 2:
+        raise UserError(f"the training set has {len(s.train[1])} face(s) (train_fraction {cfg.train_fraction}); "
+                        "batch-norm needs at least 2: raise --train-fraction")
     # before any resume: building the model to count MACs draws from the RNG restored below
     params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
     history, best, start = [], {"val_acc": -1.0, "epoch": 0}, 1
-    if resume and (out / "last.pt").exists():
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        s.model.load_state_dict(ck["state_dict"])
+    if ck is not None:
+        s.model.load_state_dict(ck.get("train_state_dict", ck["state_dict"]))
+        if s.ema is not None:
+            s.ema.module.load_state_dict(ck["state_dict"])
+            s.ema.n_averaged.fill_(ck.get("ema_n_averaged", 1))
         s.optimizer.load_state_dict(ck["optimizer"])
         s.scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         history, best, start = ck["history"], ck["best"], ck["epoch"] + 1
         print(f"resuming {out} after epoch {ck['epoch']} (best val_acc {best['val_acc']:.4f})")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    t0 = time.time()
-    for epoch in range(start, cfg.epochs + 1):
-        row = run_epoch(s, epoch)
-        history.append(row)
-        improved = row["val_acc"] > best["val_acc"]
-        if improved:
-            best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
-        ck = _checkpoint(s, epoch, history, best)
-        save_atomic(ck, out / "last.pt")
-        if improved:
-            save_atomic(ck, out / "best.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        print(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-              f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
-              f"{row['time_s']:.0f}s" + ("  *" if improved else ""), flush=True)
-        if cfg.patience and epoch - best["epoch"] >= cfg.patience:
-            print(f"early stop: no val gain for {cfg.patience} epochs")
-            break
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(out)
+    try:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        t0 = time.time()
+        for epoch in range(start, cfg.epochs + 1):
+            row = run_epoch(s, epoch)
+            history.append(row)
+            improved = row["val_acc"] > best["val_acc"]
+            if improved:
+                best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
+            ck = _checkpoint(s, epoch, history, best)
+            save_atomic(ck, out / "last.pt")
+            if improved:
+                save_atomic(ck, out / "best.pt")
+            write_atomic(out / "history.json", json.dumps(history, indent=2))
+            print(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                  f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+                  f"{row['time_s']:.0f}s" + ("  *" if improved else ""), flush=True)
+            if cfg.patience and epoch - best["epoch"] >= cfg.patience:
+                print(f"early stop: no val gain for {cfg.patience} epochs")
+                break
+    except BaseException:
+        if created and not (out / "last.pt").exists():  # failed before its first epoch: leave nothing
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return {"history": history, "best": best, "out": str(out), "params": params, "macs": macs,
             "wall_s": time.time() - t0}
 
 
-def export_checkpoint(src, dst) -> Path:
-    """A small copy of a checkpoint for sharing: weights and metadata, no optimizer state."""
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    for k in ("optimizer", "scheduler", "rng"):
+def export_checkpoint(src, dst, half: bool = False) -> Path:
+    """A small copy of a checkpoint for sharing: weights and metadata, no optimizer state;
+    half=True stores the float weights as fp16 (half the size; loading casts them back)."""
+    ck = load_checkpoint(src)
+    for k in ("optimizer", "scheduler", "rng", "train_state_dict", "ema_n_averaged"):
         ck.pop(k, None)
+    if half:
+        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(ck, dst)
@@ -353,8 +549,10 @@ def export_checkpoint(src, dst) -> Path:
 
 def add_arguments(p) -> None:
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields (e.g. fer tune's best params)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue OUT's run from OUT/last.pt, with its config.json")
+    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--export", help="after training, write best.pt without optimizer state here")
+    p.add_argument("--export-half", action="store_true", help="store the exported weights as fp16")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model_args":
             p.add_argument("--model-args", type=json.loads, default=None, help="JSON dict of model kwargs")
@@ -362,17 +560,31 @@ def add_arguments(p) -> None:
             p.add_argument("--" + f.name.replace("_", "-"), type=lambda v: v.lower() in ("1", "true", "yes"),
                            default=None, metavar="BOOL")
         else:
-            typ = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+            typ = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)  # str | None: str
             p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None)
 
 
 def run(args) -> int:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = resolve_config(args.config, **{k: v for k, v in vars(args).items() if k in names})
-    result = fit(cfg, resume=args.resume)
+    given = {k: v for k, v in vars(args).items() if k in names}
+    file = args.config
+    if args.resume and not file:  # `fer train --out RUN --resume` continues RUN with its own recipe
+        saved = Path(args.out or TrainConfig.out) / "config.json"
+        file = str(saved) if saved.is_file() else None
+    if file and not Path(file).is_file():
+        raise UserError(f"--config {file}: file not found")
+    cfg = resolve_config(file, **given)
+    try:
+        result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        last = Path(cfg.out) / "last.pt"
+        kept = (f"{last} keeps epoch {load_checkpoint(last)['epoch']}; resume with: fer train --out {cfg.out} --resume"
+                if last.exists() else "no epoch had finished, nothing was kept")
+        print(f"fer train: interrupted; {kept}", file=sys.stderr)
+        return 130
     b = result["best"]
     print(f"best PublicTest acc {b['val_acc']:.4f} at epoch {b['epoch']}; {result['out']}/best.pt "
           f"({result['wall_s'] / 60:.1f} min)")
     if args.export:
-        print("exported", export_checkpoint(Path(result["out"]) / "best.pt", args.export))
+        print("exported", export_checkpoint(Path(result["out"]) / "best.pt", args.export, args.export_half))
     return 0

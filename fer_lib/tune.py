@@ -33,7 +33,7 @@ from . import train
 from .data import read_info
 from .models import create_model
 from .profiles import profile_params
-from .report import write_atomic
+from .report import mask_url, write_atomic
 from .train import TrainConfig, resolve_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
@@ -90,6 +90,15 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------- storage and study
+
+STORAGE_ENV = "FER_OPTUNA_STORAGE"  # a storage URL from the environment, when --storage is not given
+
+
+def describe_storage(storage: str, out) -> str:
+    """What a study is stored in, fit to print: the URL with its password masked, or the journal file."""
+    storage = storage or os.environ.get(STORAGE_ENV, "")
+    return mask_url(storage) if storage else str(Path(out).resolve() / "optuna.journal")
+
 
 def open_storage(storage: str):
     """A URL (sqlite:///x.db, postgresql://...) opens an RDB storage; anything else is a journal file."""
@@ -204,6 +213,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
     if threads:
         torch.set_num_threads(threads)  # several workers on one machine: share the cores
+    storage = storage or os.environ.get(STORAGE_ENV, "")  # keeps a password off the command line
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), epochs=epochs,
@@ -221,21 +231,31 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
                              "use another --study or --out")
         study.set_user_attr(key, value)
 
-    if worker == 0:  # skip_if_exists: a resumed study does not run it twice
-        study.enqueue_trial(default_params(base), user_attrs={"default_config": True}, skip_if_exists=True)
+    dead = fail_dead_trials(study)
+    if dead:
+        print(f"trials {dead} were left running by a worker that died; marked FAIL")
+    if worker == 0:
+        enqueue_default(study, base)
 
     def budgeted_objective(trial):
         claim_slot(trial, n_trials)
         return objective(trial, base)
 
-    dead = fail_dead_trials(study)
-    if dead:
-        print(f"trials {dead} were left running by a worker that died; marked FAIL")
     if count_claimed(study) < n_trials:
         study.optimize(budgeted_objective, n_trials=n_trials, timeout=timeout, catch=(SurplusTrial,),
                        callbacks=[_stop_when_claimed(n_trials)])
     write_results(study, out)
     return study
+
+
+def enqueue_default(study: optuna.Study, base: TrainConfig) -> bool:
+    """Queue the untuned default recipe unless a copy of it finished or is queued or running: a
+    default trial killed (and marked FAIL) is queued again, so the study always gets one."""
+    alive = FINISHED + (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    if any(t.user_attrs.get("default_config") and t.state in alive for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(default_params(base), user_attrs={"default_config": True})
+    return True
 
 
 def write_results(study: optuna.Study, out) -> Path | None:
@@ -259,8 +279,8 @@ def summarize_study(study: optuna.Study) -> dict:
                "n_failed": states.count("FAIL"), "search": study.user_attrs}
     if summary["n_complete"]:
         summary.update(best_value=study.best_value, best_trial=study.best_trial.number, best_params=study.best_params)
-    default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_config")]
-    if default and default[0].state in FINISHED:  # pruned: its last reported accuracy
+    default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_config") and t.state in FINISHED]
+    if default:  # pruned: its last reported accuracy
         t = default[0]
         summary["default_trial"] = {"number": t.number, "state": t.state.name, "params": t.params,
                                     "value": t.value if t.value is not None else max(t.intermediate_values.values(), default=None)}
@@ -288,7 +308,8 @@ def compare_with_original(params: dict) -> pd.DataFrame:
 def add_arguments(p) -> None:
     p.add_argument("--data", default="data/fer2013.h5", help="HDF5 written by `fer preprocess`")
     p.add_argument("--out", default="runs/tune", help="run folder: journal, best_params.json, trials.csv")
-    p.add_argument("--storage", default="", help="Optuna storage URL or journal file (default OUT/optuna.journal)")
+    p.add_argument("--storage", default="", help="Optuna storage URL or journal file (default $FER_OPTUNA_STORAGE, "
+                   "else OUT/optuna.journal); leave the password out and use PGPASSWORD or ~/.pgpass")
     p.add_argument("--study", default="fer", help="study name; workers sharing it share the trials")
     p.add_argument("--profile", default="full", help="budget defaults: smoke | full (fer_lib.profiles)")
     p.add_argument("--n-trials", type=int, help="finished trials in the study, all workers together")

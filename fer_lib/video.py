@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import itertools
 import re
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserError, check_output_path
 from .models import Classifier, load_model
 from .report import write_atomic
 from .smoothing import DEFAULT_SMOOTHER, Tracker, create_smoother
@@ -43,7 +45,7 @@ COLORS_BGR = [(40, 40, 230), (40, 140, 40), (160, 60, 160), (40, 210, 250), (200
               (200, 200, 200)]  # per class, in class order
 
 
-class VideoError(ValueError):
+class VideoError(UserError):
     """A source, model file or output that cannot be used; the message names it."""
 
 
@@ -231,6 +233,9 @@ def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
     cfg = VideoConfig(**{k: v for k, v in kwargs.items() if v is not None})
     if not isinstance(checkpoint, Classifier) and not Path(checkpoint).is_file():
         raise VideoError(f"{checkpoint}: no such checkpoint file")
+    for path, flag in ((out, "--out"), (cfg.log, "--log"), (cfg.gif, "--gif")):  # before any frame is read
+        if path:
+            check_output_path(path, flag)
     clf = checkpoint if isinstance(checkpoint, Classifier) else load_model(checkpoint)
     smoother_args = {k: getattr(cfg, k) for k in ("window", "alpha", "margin", "k")}
     create_smoother(cfg.smoother, **smoother_args)  # a bad name or setting fails before any video work
@@ -359,8 +364,8 @@ def run(args) -> int:
     try:
         result = run_pipeline(args.source, args.checkpoint, args.out, **kw)
     except VideoError as e:
-        print(f"error: {e}")
-        return 1
+        print(f"fer video: error: {e}", file=sys.stderr)
+        return 2
     print(format_summary(result))
     print("wrote", ", ".join(p for p in (result["out"], result["log"], result["gif"]) if p))
     return 0

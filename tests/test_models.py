@@ -11,8 +11,10 @@ from fer_lib.models import (ACTIVATIONS, Classifier, count_macs, count_params, c
                             load_checkpoint, load_model, model_from_checkpoint, register_model, summarize_models)
 
 # Measured once with create_model(name) and written down: a change to an architecture must be deliberate.
-PARAMS = {"baseline": 2_731_719, "improved": 1_835_751, "vgg": 7_050_055, "vgg_small": 1_764_775}
-MACS = {"baseline": 88_622_848, "improved": 43_396_608, "vgg": 470_830_592, "vgg_small": 118_040_320}
+PARAMS = {"baseline": 2_731_719, "improved": 1_835_751, "vgg": 7_050_055, "vgg_small": 1_764_775,
+          "resnet": 11_154_663, "resnet_small": 2_792_055}
+MACS = {"baseline": 88_622_848, "improved": 43_396_608, "vgg": 470_830_592, "vgg_small": 118_040_320,
+        "resnet": 302_657_024, "resnet_small": 75_831_040}
 
 
 def test_registry_holds_the_study_models():
@@ -67,8 +69,8 @@ def test_create_model_drops_none_and_passes_kwargs():
 
 
 def test_bad_names_raise():
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*baseline"):
-        create_model("resnet")
+    with pytest.raises(ValueError, match="unknown model 'resnet50'.*baseline"):
+        create_model("resnet50")
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         create_model("baseline", activation="gelu")
 
@@ -134,3 +136,44 @@ def test_predict_proba_contract(tiny_checkpoint):
     for bad in (np.zeros((2, 1, 48, 48), np.uint8), np.zeros((2, 64, 64), np.uint8)):
         with pytest.raises(ValueError, match=r"expected faces shaped \(N, 48, 48\)"):
             clf.predict_proba(bad)
+
+
+def test_resnet_macs_by_hand():
+    # stem 3x3 at 48 px, then per stage: a strided block with a 1x1 projection, and an identity block
+    macs, cin, side = 48 * 48 * 9 * 1 * 16, 16, 48
+    for w in (32, 64, 128, 256):
+        side //= 2
+        macs += side * side * (9 * cin * w + 9 * w * w + cin * w) + 2 * side * side * 9 * w * w
+        cin = w
+    assert count_macs(create_model("resnet_small")) == macs + 256 * 7
+
+
+@pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])
+def test_crop_models_take_their_crop_side(name):
+    model = create_model(name, img_size=40).eval()
+    assert model(torch.randn(2, 1, 40, 40)).shape == (2, 7)
+    assert count_macs(model) < count_macs(create_model(name))   # counted at 40 px, its own side
+
+
+def test_fp16_stored_checkpoint_predicts_like_fp32(tiny_checkpoint, tmp_path):
+    from fer_lib.train import export_checkpoint
+    full, half = export_checkpoint(tiny_checkpoint, tmp_path / "fp32.pt"), export_checkpoint(
+        tiny_checkpoint, tmp_path / "fp16.pt", half=True)
+    assert {v.dtype for v in load_checkpoint(half)["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    p32, p16 = load_model(full).predict_proba(faces), load_model(half).predict_proba(faces)
+    np.testing.assert_array_equal(p16.argmax(1), p32.argmax(1))
+    np.testing.assert_allclose(p16, p32, atol=2e-3)
+
+
+def test_load_model_is_exported_as_the_readme_says(tiny_checkpoint):
+    import fer_lib
+    assert fer_lib.load_model(tiny_checkpoint).predict_proba(np.zeros((1, 48, 48), np.uint8)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_takes_the_recipe_knobs(name):
+    """configs/*.json pass stage_drop, drop_rate, activation and (with --crop) img_size to any model."""
+    model = create_model(name, stage_drop=0.0, drop_rate=0.4, activation="relu", img_size=40).eval()
+    assert model(torch.zeros(2, 1, 40, 40)).shape == (2, 7)

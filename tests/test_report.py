@@ -53,8 +53,9 @@ def test_committed_config_is_the_checkpoints_recipe():
     config = ROOT / "configs" / f"{ck['model_name']}.json"   # what README's reproduce line passes
     ours = vars(resolve_config(str(config)))
     ignore = ("data", "out", "progress")
-    assert {k: v for k, v in ours.items() if k not in ignore} == \
-        {k: v for k, v in ck["config"].items() if k not in ignore}
+    # fields the checkpoint predates were at their defaults (every engine addition is off by default)
+    theirs = {**vars(resolve_config()), **ck["config"]}
+    assert {k: v for k, v in ours.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
 
 
 def _metrics(path: Path, val: float, test: float, **cfg) -> Path:
@@ -147,3 +148,45 @@ def test_committed_optuna_config_is_the_full_searchs_best():
     from fer_lib.train import resolve_config
     resolved = vars(resolve_config(str(ROOT / "configs" / "optuna_full_real.json")))   # fer train takes it as is
     assert {k: resolved[k] for k in study["best_params"]} == study["best_params"]
+
+
+def test_readme_ablation_block_is_what_its_command_makes(tmp_path, monkeypatch):
+    import re
+    import shlex
+    import shutil
+    from fer_lib.report import main
+    text = (ROOT / "README.md").read_text()
+    made_by = re.search(r"<!-- made by: python -m fer_lib.report (ablation .*?) -->", text)
+    if not made_by:
+        pytest.skip("README has no generated ablation block yet")
+    shutil.copytree(ROOT / "reports" / "ablation", tmp_path / "reports" / "ablation")  # the command writes beside the runs
+    (tmp_path / "README.md").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    main(["--readme", "README.md", *shlex.split(made_by.group(1))])
+    assert (tmp_path / "README.md").read_text() == text
+    assert (tmp_path / "reports" / "ablation" / "ablation.md").read_text() == \
+        (ROOT / "reports" / "ablation" / "ablation.md").read_text()   # what notebook 02 shows
+
+
+def test_ablation_table_needs_an_equal_budget(tmp_path):
+    from fer_lib.report import ablation_table
+    for name, epochs, acc in (("ref", 2, 0.5), ("more", 3, 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model": "baseline", "epochs": epochs}))
+        (tmp_path / name / "history.json").write_text(json.dumps(
+            [{"epoch": e + 1, "val_acc": acc, "train_acc": 0.4, "time_s": 1.0} for e in range(epochs)]))
+    with pytest.raises(ValueError, match="not an equal budget"):
+        ablation_table([tmp_path / "ref", tmp_path / "more"])
+    table = ablation_table([tmp_path / "ref", tmp_path / "ref"])
+    assert "| ref | (the reference) |" in table and "none at this budget" in table
+
+
+ACCURATE = ROOT / "models" / "vgg_fer2013.pt"
+
+
+@pytest.mark.skipif(not ACCURATE.exists(), reason="no accurate model committed yet")
+def test_readme_accurate_block_matches_its_metrics():
+    start, end = readme_markers("accurate")
+    text = (ROOT / "README.md").read_text()
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == readme_results(Path("models/vgg_fer2013.pt"), Path("reports/vgg_fer2013/metrics.json")).strip()

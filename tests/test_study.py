@@ -1,5 +1,6 @@
 """fer study on two stand-in notebooks (tests/fixtures/notebooks), and nbval catching a changed output."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ def test_parse_overrides_literals_then_strings():
 def test_read_parameters_and_a_bad_parameters_cell(tmp_path):
     assert read_parameters(STUBS / "02_use_stub.ipynb") == {
         "profile": "full", "h5_path": "../runs/stub/stub.h5", "run_dir": "../runs/stub/train",
-        "report_dir": "../reports/latest", "epochs": None, "fail": False}
+        "report_dir": "../reports/latest", "epochs": None, "fail": False, "storage": ""}
     nb = nbformat.read(str(STUBS / "01_make_stub.ipynb"), as_version=4)
     nb.cells[1].source += "\nseed = int('3')  # not a literal"
     nbformat.write(nb, str(tmp_path / "01_bad.ipynb"))
@@ -234,3 +235,35 @@ def test_leave_out_faces_strips_face_cells_and_figures(tmp_path):
     nbformat.write(nb, str(report / "04_eval.ipynb"))
     assert leave_out_faces(report, tmp_path / "src") == ["04_eval.ipynb: cell face-cell"]  # the note is renewed,
     assert json.loads((report / "manifest.json").read_text())["faces_left_out"] == removed  # listed once
+
+
+def every_file_text(*roots) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for r in roots for p in Path(r).rglob("*") if p.is_file())
+
+
+def test_a_storage_password_reaches_no_file_and_no_printed_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "")  # restored after the test, whatever the study sets
+    secret = "S3cret-Pw"
+    url = f"postgresql://fer:{secret}@127.0.0.1:5999/fer"
+    monkeypatch.setattr(sys, "argv", ["fer", "study", "-p", f"02_use_stub.storage={url}"])
+    code = main(["study", "--notebooks", str(STUBS), "--out", str(tmp_path / "reports"), "--work",
+                 str(tmp_path / "runs"), "--run", "pw", "-p", "02_use_stub.epochs=1", "-p", f"02_use_stub.storage={url}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    written = every_file_text(tmp_path / "reports", tmp_path / "runs")
+    assert secret not in written + out + err
+    executed = nbformat.read(str(tmp_path / "reports" / "pw" / "02_use_stub.ipynb"), as_version=4)
+    shown = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    # the notebook gets the URL without its password, and the password through libpq's PGPASSWORD
+    assert "storage: postgresql://fer@127.0.0.1:5999/fer | PGPASSWORD set: True" in shown
+    assert os.environ["PGPASSWORD"] == secret
+
+
+def test_mask_url_and_split_url_password():
+    from fer_lib.report import mask_url, split_url_password
+    assert mask_url("storage postgresql://u:pw@h/db, again postgresql://u:pw@h/db") == \
+        "storage postgresql://u:***@h/db, again postgresql://u:***@h/db"
+    assert mask_url("postgresql+psycopg2://fer:pw@127.0.0.1:5432/fer") == "postgresql+psycopg2://fer:***@127.0.0.1:5432/fer"
+    assert mask_url("sqlite:///x.db and runs/optuna.journal") == "sqlite:///x.db and runs/optuna.journal"
+    assert split_url_password("postgresql://u:pw@h:1/db") == ("postgresql://u@h:1/db", "pw")
+    assert split_url_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)

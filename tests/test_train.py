@@ -1,14 +1,17 @@
 """The training engine: configuration, augmentation, a run that learns, resume, and the split protocol."""
 import json
+import os
 import math
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
 from fer_lib import train
 from fer_lib.cli import main
+from fer_lib.data import load_split
 from fer_lib.models import load_checkpoint, load_model
 from fer_lib.synthetic import write_synthetic_h5
 from fer_lib.train import (TrainConfig, augment_batch, build_optimizer, export_checkpoint, fit, pick_device,
@@ -185,7 +188,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(synthetic_h5, tmp_pa
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_config(synthetic_h5, tmp_path, epochs=1, seed=1))
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=1, seed=1), overwrite=True)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not list(tmp_path.glob("*.partial*"))
 
@@ -290,3 +293,199 @@ def test_unknown_optimizer_or_scheduler_raises(synthetic_h5, tmp_path):
         fit(tiny_config(synthetic_h5, tmp_path, optimizer="lbfgs"))
     with pytest.raises(ValueError, match="unknown scheduler 'warmup'"):
         fit(tiny_config(synthetic_h5, tmp_path, scheduler="warmup"))
+
+
+# ----------------------------------------------------------------------------- mixup, EMA, crops, distillation
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixed_targets_sum_to_one_and_match_lambda(mixup, cutmix):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    x, y = torch.randn(8, 1, 48, 48), torch.arange(8) % 7
+    for _ in range(5):
+        xm, t, lam, y2 = train.mix_batch(x, y, 7, mixup, cutmix, smoothing=0.1)
+        torch.testing.assert_close(t.sum(1), torch.ones(8))
+        assert torch.equal(y2, y.flip(0)) and 0 <= lam <= 1
+        expected = lam * train.smooth_one_hot(y, 7, 0.1) + (1 - lam) * train.smooth_one_hot(y2, 7, 0.1)
+        torch.testing.assert_close(t, expected)
+        if cutmix and not mixup:  # every pixel comes from one of the two images, lam = own share
+            own = (xm == x).float().mean().item()
+            assert own == pytest.approx(lam, abs=1e-6)
+
+
+def test_mix_batch_at_alpha_zero_is_the_plain_labels():
+    x, y = torch.randn(6, 1, 48, 48), torch.tensor([0, 1, 2, 3, 4, 6])
+    xm, t, lam, _ = train.mix_batch(x, y, 7, 0.0, 0.0)
+    assert xm is x and lam == 1.0
+    assert torch.equal(t, torch.nn.functional.one_hot(y, 7).float())
+    # and the loss on those targets is the plain cross-entropy
+    logits = torch.randn(6, 7)
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, t),
+                               torch.nn.functional.cross_entropy(logits, y))
+
+
+def test_random_crop_takes_windows_of_the_image():
+    x = torch.arange(2 * 48 * 48, dtype=torch.float32).view(2, 1, 48, 48)
+    c = train.random_crop(x, 40)
+    assert c.shape == (2, 1, 40, 40)
+    for b in range(2):
+        i, j = divmod(int(c[b, 0, 0, 0].item()) - b * 48 * 48, 48)
+        assert torch.equal(c[b, 0], x[b, 0, i:i + 40, j:j + 40])
+
+
+def test_ema_at_decay_zero_equals_the_weights_after_a_step(synthetic_h5, tmp_path):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    s = train.setup(tiny_config(synthetic_h5, tmp_path, ema_decay=0.5))
+    ema = AveragedModel(s.model, multi_avg_fn=get_ema_multi_avg_fn(0.0), use_buffers=True)
+    images, labels = s.train
+    for _ in range(2):  # the first update copies; the second is a real decay-0 step
+        train.train_one_epoch(s.model, s.optimizer, s.scheduler, images[:64], labels[:64], s.cfg, s.mean,
+                              s.std, s.device, None, ema=ema)
+        for a, b in zip(ema.module.state_dict().values(), s.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ema_run_checkpoints_and_scores_the_averaged_weights(synthetic_h5, tmp_path):
+    result = fit(tiny_config(synthetic_h5, tmp_path, epochs=2, ema_decay=0.9))
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert "raw_val_acc" in result["history"][-1]
+    assert any(not torch.equal(ck["state_dict"][k], ck["train_state_dict"][k]) for k in ck["state_dict"])
+    x, y = load_split(synthetic_h5, "val")
+    acc = (load_model(tmp_path / "last.pt").predict(x) == y).mean()
+    assert acc == pytest.approx(result["history"][-1]["val_acc"], abs=1e-9)  # what is scored is what is saved
+    small = export_checkpoint(tmp_path / "last.pt", tmp_path / "small.pt")
+    assert "train_state_dict" not in load_checkpoint(small)
+
+
+def test_ema_run_resumes_its_average(synthetic_h5, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_h5, tmp_path / "b", epochs=2, ema_decay=0.9, mixup=0.2, cutmix=1.0, crop=40)
+    with monkeypatch.context() as m:
+        interrupt_at(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+    resumed = fit(cfg, resume=True)["history"]
+    straight = fit(tiny_config(synthetic_h5, tmp_path / "a", epochs=2, ema_decay=0.9, mixup=0.2, cutmix=1.0,
+                               crop=40))["history"]
+    for a, b in zip(strip_time(resumed), strip_time(straight), strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_crop_training_is_scored_the_same_everywhere(synthetic_h5, tmp_path):
+    """fer train's PublicTest score, predict_proba and fer evaluate agree for a crop-trained model,
+    and ten-crop feeds the model windows of its own side."""
+    from fer_lib.evaluate import evaluate_checkpoint, predict_logits, tta_views
+    result = fit(tiny_config(synthetic_h5, tmp_path, epochs=1, crop=40))
+    clf = load_model(tmp_path / "best.pt")
+    assert clf.input_size == 40
+    x, y = load_split(synthetic_h5, "val")
+    assert (clf.predict(x) == y).mean() == pytest.approx(result["history"][-1]["val_acc"], abs=1e-9)
+    m = evaluate_checkpoint(tmp_path / "best.pt", synthetic_h5, tmp_path / "rep", tta="tencrop", n_bootstrap=10,
+                            figures=False, progress=False)
+    assert m["val"]["plain"]["accuracy"] == pytest.approx(result["history"][-1]["val_acc"], abs=1e-9)
+    assert tta_views(x[:3], "tencrop", crop=40, resize=False).shape == (10, 3, 40, 40)
+    ten = predict_logits(clf, x[:5], "tencrop")
+    np.testing.assert_allclose(ten[4], clf.predict_logits(x[:5]).numpy(), atol=1e-5)  # view 4 = the centre
+
+
+def test_distillation_step_reduces_kl_to_the_teacher(synthetic_h5, tiny_checkpoint, tmp_path):
+    s = train.setup(tiny_config(synthetic_h5, tmp_path, teacher=str(tiny_checkpoint), kd_alpha=1.0, lr=0.01,
+                                augment=0.0, flip=False, erase=0.0))
+    images, labels = s.train
+    x = train._to_input(images[:64], s.mean, s.std, s.device)
+
+    def kl():
+        s.model.eval()
+        with torch.no_grad():
+            return train.distill_loss(s.model(x), s.teacher(x), s.cfg.kd_temperature).item()
+    before = kl()
+    for _ in range(3):
+        train.train_one_epoch(s.model, s.optimizer, s.scheduler, images[:64], labels[:64], s.cfg, s.mean, s.std,
+                              s.device, None, teacher=s.teacher)
+    assert kl() < before
+
+
+def test_new_options_never_read_the_test_split(synthetic_h5, tiny_checkpoint, tmp_path):
+    """Mixing, EMA, crops and a teacher: the test split may even be missing."""
+    h5 = shutil.copy(synthetic_h5, tmp_path / "no_test.h5")
+    with h5py.File(h5, "a") as f:
+        for name in ("images", "labels", "names"):
+            del f["test"][name]
+    result = fit(tiny_config(h5, tmp_path / "run", epochs=1, crop=40, mixup=0.2, cutmix=1.0, ema_decay=0.9,
+                             teacher=str(tiny_checkpoint)))
+    assert len(result["history"]) == 1
+
+
+# ----------------------------------------------------------------------------- run folders are never replaced silently
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_finished_run_is_never_overwritten(synthetic_h5, tmp_path):
+    fit(tiny_config(synthetic_h5, tmp_path, epochs=1))
+    before = snapshot(tmp_path)
+    with pytest.raises(train.UserError, match=r"already holds a run.*--resume.*--out.*--overwrite"):
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=1, seed=3))
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_refuses_another_configuration_before_writing(synthetic_h5, tmp_path):
+    fit(tiny_config(synthetic_h5, tmp_path, epochs=1))
+    before = snapshot(tmp_path)
+    with pytest.raises(train.UserError, match=r"another configuration \(epochs: run 1, now 3"):
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=3), resume=True)
+    with pytest.raises(train.UserError, match=r"another configuration \(lr:"):
+        fit(tiny_config(synthetic_h5, tmp_path, epochs=1, lr=0.5), resume="auto")
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_without_a_checkpoint_is_refused(synthetic_h5, tmp_path):
+    with pytest.raises(train.UserError, match="nothing to resume.*no last.pt"):
+        fit(tiny_config(synthetic_h5, tmp_path / "none", epochs=1), resume=True)
+    assert not (tmp_path / "none").exists()
+
+
+def test_auto_resume_starts_continues_and_returns_a_finished_run(synthetic_h5, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_h5, tmp_path, epochs=2)
+    with monkeypatch.context() as m:
+        interrupt_at(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg, resume="auto")
+    assert [r["epoch"] for r in fit(cfg, resume="auto")["history"]] == [1, 2]
+    before = snapshot(tmp_path)
+    again = fit(cfg, resume="auto")  # finished: nothing trained, nothing written
+    assert [r["epoch"] for r in again["history"]] == [1, 2] and snapshot(tmp_path) == before
+
+
+def test_stale_partials_of_dead_writers_are_cleaned(synthetic_h5, tmp_path):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid no longer runs
+    stale = tmp_path / f"last.{dead.pid}-0123abcd.partial.pt"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f"best.{os.getpid()}-0123abcd.partial.pt"
+    live.write_bytes(b"y")
+    fit(tiny_config(synthetic_h5, tmp_path, epochs=1))
+    assert not stale.exists() and live.exists()
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_no_folder(synthetic_h5, tmp_path):
+    out = tmp_path / "tiny"
+    with pytest.raises(train.UserError, match="batch-size 1: batch-norm needs at least 2"):
+        fit(tiny_config(synthetic_h5, out, batch_size=1))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="unknown optimizer"):   # a failure inside setup
+        fit(tiny_config(synthetic_h5, out, optimizer="lbfgs"))
+    assert not out.exists()
+
+
+def test_ctrl_c_in_fer_train_is_one_line_and_status_130(synthetic_h5, tmp_path, monkeypatch, capsys):
+    interrupt_at(monkeypatch, 2)
+    argv = ["train", "--data", str(synthetic_h5), "--out", str(tmp_path), "--model", "baseline",
+            "--model-args", '{"widths": [8, 16, 32], "hidden": 32}', "--epochs", "3", "--progress", "false"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keeps epoch 1" in err[0] and f"fer train --out {tmp_path} --resume" in err[0]
+    monkeypatch.undo()
+    assert main(["train", "--out", str(tmp_path), "--resume"]) == 0   # its own config.json
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3

@@ -67,11 +67,15 @@ def test_space_yields_valid_configs():
 
 
 def check_shared_budget(study: optuna.Study, n: int, pids: set) -> None:
-    """n finished trials, numbered without gaps, run by all workers; any extra trial is a marked surplus."""
+    """Exactly n finished trials, numbered without gaps, none run twice, each by one of the workers
+    (which worker ran how many is the scheduler's business: one may take them all on a loaded machine);
+    any extra trial is a marked surplus."""
     trials = study.get_trials()
     assert [t.number for t in trials] == list(range(len(trials)))
-    assert len(study.get_trials(states=FINISHED)) == n
-    assert {t.user_attrs["pid"] for t in study.get_trials(states=FINISHED)} == pids
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == n
+    assert {t.user_attrs["pid"] for t in finished} <= pids
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == n  # no recipe run twice
     assert all(t.user_attrs.get("surplus") for t in study.get_trials(states=(TrialState.FAIL,)))
     assert not study.get_trials(states=(TrialState.RUNNING,))
 
@@ -255,3 +259,47 @@ def test_the_untuned_default_is_the_first_trial(synthetic_h5, tmp_path):
     assert [t.user_attrs.get("default_config", False) for t in resumed.trials] == [True, False, False, False]
     with pytest.raises(ValueError, match="step_size"):  # a base outside the space is refused, not half-run
         tune.suggest_config(optuna.trial.FixedTrial({**expected, "scheduler": "step"}), base)
+
+
+def test_a_killed_default_trial_is_run_again(synthetic_h5, tmp_path):
+    """Trial 0 killed (marked FAIL): the rerun queues the default again, and readers find it."""
+    base = TrainConfig(**TINY)
+    study = tune.create_study(str(tmp_path / "optuna.journal"), "fer")
+    study.enqueue_trial(tune.default_params(dataclasses.replace(base, epochs=1, train_fraction=0.3, seed=0,
+                                                                progress=False)), user_attrs={"default_config": True})
+    t = study.ask()
+    study.tell(t, state=TrialState.FAIL)
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=2, epochs=1, train_fraction=0.3, base=base,
+                             pruner="none")
+    defaults = [t for t in resumed.trials if t.user_attrs.get("default_config")]
+    assert [t.state for t in defaults] == [TrialState.FAIL, TrialState.COMPLETE]
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["default_trial"]["number"] == defaults[1].number
+
+
+def test_readers_cope_with_a_study_without_its_default(tmp_path):
+    from fer_lib.report import search_summary
+    summary = {"n_trials": 2, "n_pruned": 0, "search": {"epochs_per_trial": 1, "train_fraction": 0.3},
+               "best_trial": 1, "best_value": 0.5}
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    assert "has not finished" in search_summary(tmp_path / "s.json") and "50.00%" in search_summary(tmp_path / "s.json")
+
+
+@pytest.mark.postgres
+def test_a_storage_password_is_never_written_or_printed(synthetic_h5, tmp_path):
+    url = os.environ.get("FER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server (set FER_TEST_POSTGRES_URL, e.g. via .ci/postgres.sh)")
+    from fer_lib.report import split_url_password
+    _, password = split_url_password(url)
+    assert password, "the CI server's URL carries a password"
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, tune.STORAGE_ENV: url}  # from the environment: not on the command line either
+    done = subprocess.run(fer_tune(synthetic_h5, tmp_path, "--study", name, "--n-trials", "1"), env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    written = "\n".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+    assert f":{password}@" not in written + done.stdout + done.stderr
+    shown = tune.describe_storage(url, tmp_path)  # what notebook 03 prints
+    assert ":***@" in shown and f":{password}@" not in shown
+    optuna.delete_study(study_name=name, storage=tune.open_storage(url))

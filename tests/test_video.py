@@ -134,8 +134,8 @@ def test_cli(clips, tiny_checkpoint, tmp_path, capsys):
                      "--smoother", "ema", "--alpha", "0.5", "--detect-every", "3", "--end", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "12 frames in" in text and "ms, classify" in text and out.exists()
-    assert cli.main(["video", "--source", str(tmp_path / "nope.mp4"), "--checkpoint", str(tiny_checkpoint)]) == 1
-    assert "error: " in capsys.readouterr().out
+    assert cli.main(["video", "--source", str(tmp_path / "nope.mp4"), "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "error: " in capsys.readouterr().err
 
 
 @pytest.mark.real_data
