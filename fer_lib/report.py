@@ -298,9 +298,9 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
             rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
                         f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
     return "\n".join([
-        f"Model `{ck['model_name']}` ({checkpoint}), trained {trained['epochs_run']} epochs on Training with "
+        f"Model `{ck['model_name']}` ({checkpoint}), trained {cfg['epochs']} epochs on Training with "
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
-        f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time on {machine}: "
+        f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time to that epoch on {machine}: "
         f"{trained['wall_s'] / 60:.0f} min, median {trained['median_epoch_s']:.0f} s per epoch "
         "(an epoch takes longer while other jobs share the CPU).",
         "",
@@ -437,7 +437,7 @@ def main(argv=None) -> None:
     r = sub.add_parser("results", help="a committed model's results")
     r.add_argument("checkpoint", type=Path)
     r.add_argument("metrics", type=Path, help="its fer evaluate metrics.json")
-    r.add_argument("--block", default="results", help="README block name (results: the live model; accurate)")
+    r.add_argument("--block", dest="readme_block", default="results", help="README block name (results: the live model; accurate)")
     t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
     t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
     t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
@@ -446,7 +446,7 @@ def main(argv=None) -> None:
     p.add_argument("--readme", type=Path, default=Path("README.md"))
     a = p.parse_args(argv)
     if a.block == "results":
-        update_readme(a.readme, readme_results(a.checkpoint, a.metrics), a.block)
+        update_readme(a.readme, readme_results(a.checkpoint, a.metrics), a.readme_block)
     elif a.block == "ablation":  # README, and beside the runs for notebook 02
         table = ablation_table(a.runs)
         update_readme(a.readme, table, "ablation")
