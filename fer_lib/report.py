@@ -382,6 +382,7 @@ def ablation_table(run_dirs) -> str:
 
         python -m fer_lib.report ablation reports/ablation/base reports/ablation/ema ...
     """
+    from .evaluate import training_summary  # evaluate imports this module
     from .models import count_macs, count_params, create_model
     from .train import TrainConfig, model_kwargs
     runs = []
@@ -399,12 +400,11 @@ def ablation_table(run_dirs) -> str:
             raise ValueError(f"{d}: {len(hist)} epochs against the reference's {len(ref_hist)}: not an equal budget")
         model = create_model(cfg["model"], **model_kwargs(TrainConfig(**cfg)))
         best = max(hist, key=lambda r: r["val_acc"])
-        times = sorted(r["time_s"] for r in hist)
         gains[d.name] = best["val_acc"] - ref_best
         rows.append(f"| {d.name} | {_recipe_change(cfg, ref_cfg)} | {count_params(model) / 1e6:.2f} M "
                     f"| {count_macs(model) / 1e6:.0f} M | {100 * best['val_acc']:.2f}% (epoch {best['epoch']}) "
-                    f"| {100 * (best['val_acc'] - ref_best):+.2f} | {100 * hist[-1]['train_acc']:.1f}% "
-                    f"| {times[len(times) // 2]:.0f} s |")
+                    f"| {100 * gains[d.name]:+.2f} | {100 * hist[-1]['train_acc']:.1f}% "
+                    f"| {training_summary(hist)['median_epoch_s']:.0f} s |")
     command = "python -m fer_lib.report ablation " + " ".join(Path(d).as_posix() for d, _, _ in runs)
     return "\n".join([
         f"<!-- made by: {command} -->",

@@ -444,9 +444,7 @@ def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bo
     - resume="auto" (notebook 02): resume when there is a run, start one when there is none.
     """
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a run folder")
-    check_output_path(out / "config.json", "--out")
+    check_output_path(out / "config.json", "--out")  # also refuses an --out that is a file
     held = [n for n in RUN_FILES if (out / n).exists()]
     if overwrite or (not held and resume != True):  # noqa: E712 (True, not "auto")
         return None
