@@ -73,7 +73,7 @@ def time_it(fn) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(ROOT / "data" / "fer2013.h5"), help="HDF5 from `fer preprocess`")
+    p.add_argument("--data", default=os.path.relpath(ROOT / "data" / "fer2013.h5"), help="HDF5 from `fer preprocess`")
     p.add_argument("--model", default="vgg_small")
     p.add_argument("--images", type=int, default=2048, help="Training faces to load (a seeded random subset)")
     p.add_argument("--batch-size", type=int, default=128)

@@ -14,8 +14,12 @@ with warnings.catch_warnings():
 
 
 def __getattr__(name):
-    """`fer_lib.load_model(path)`, as the README says, without importing torch for every `fer` command."""
+    """`fer_lib.load_model(path)` and `fer_lib.detect_emotions(image)`, as the README says, without
+    importing torch for every `fer` command."""
     if name == "load_model":
         from .models import load_model
         return load_model
+    if name == "detect_emotions":
+        from .predict import detect_emotions
+        return detect_emotions
     raise AttributeError(f"module 'fer_lib' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .errors import UserError, check_output_path
 from .report import write_atomic
@@ -110,8 +110,8 @@ def _read_images(source: Path, root: str, rels: list[str], read_bytes, resize: b
     out = {s: (np.empty((counts[s], IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.empty(counts[s], np.int8), [])
            for s in SPLITS}
     n_resized = 0
-    for rel, (split, label) in tqdm(zip(rels, parsed), total=len(rels), desc="ingest", unit="img",
-                                    leave=False, mininterval=1, disable=not progress):
+    for rel, (split, label) in bar(zip(rels, parsed), total=len(rels), desc="ingest", unit="img",
+                                   leave=False, mininterval=1, disable=not progress):
         images, labels, names = out[split]
         data = read_bytes(root + rel)
         if not data:
@@ -205,8 +205,8 @@ def _read_csv(path: Path, progress: bool) -> dict:
         if missing:
             raise DataError(f"{path} line 1: CSV header lacks column(s) {sorted(missing)}; got {header}")
         ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("usage")
-        rows = tqdm(enumerate(reader, start=2), desc="ingest", unit="row", leave=False, mininterval=1,
-                    disable=not progress)
+        rows = bar(enumerate(reader, start=2), desc="ingest", unit="row", leave=False, mininterval=1,
+                   disable=not progress)
         for lineno, row in rows:
             if not row:
                 continue

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .data import SPLIT_USAGE, load_split, read_info, source_sha256
 from .errors import check_output_path
@@ -277,8 +277,8 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
     modes = ("plain",) + parse_tta(tta)
     data = {split: load_split(h5, split) for split in EVAL_SPLITS}  # (faces uint8 (N,48,48), labels (N,))
     logits = {(s, m): predict_logits(clf, data[s][0], m)  # (V, N, C)
-              for s, m in tqdm([(s, m) for s in EVAL_SPLITS for m in modes], desc="predict", leave=False,
-                               disable=not progress, mininterval=2)}
+              for s, m in bar([(s, m) for s in EVAL_SPLITS for m in modes], desc="predict", leave=False,
+                              disable=not progress, mininterval=2)}
     # One temperature per view mode, fitted on PublicTest labels only.
     temps = {m: fit_temperature(logits["val", m], data["val"][1]) for m in modes} if temperature else None
     metrics = {

@@ -209,6 +209,8 @@ def summarize_models(names=None, **kwargs) -> list[dict]:
 # ----------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_VERSION = 1
+# The live model (issue 12): what `fer video`, `fer predict` and notebook 05 use unless told otherwise.
+LIVE_MODEL = "models/vgg_small_fer2013.pt"
 
 
 CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict", "mean", "std", "class_names")
@@ -285,6 +287,19 @@ class Classifier:
 
     def predict(self, faces):
         return self.predict_proba(faces).argmax(1)
+
+
+def resolve_checkpoint(path=None) -> Path:
+    """`path`, or the live model when None: LIVE_MODEL under the working folder, else under this
+    checkout (notebooks run in notebooks/). UserError when the file is missing."""
+    if path is None:
+        here = Path(LIVE_MODEL)
+        path = here if here.is_file() else Path(__file__).resolve().parents[1] / LIVE_MODEL
+        if not path.is_file():
+            raise UserError(f"{LIVE_MODEL}: the default live model is missing; give --checkpoint")
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    return Path(path)
 
 
 def load_model(path) -> Classifier:

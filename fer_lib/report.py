@@ -1,15 +1,13 @@
-"""What a study run tells its readers: provenance for the manifest, and the index page.
+"""What a study run tells its readers: atomic writes, provenance for the manifest, the README's
+generated blocks (the front page is fer_lib.frontpage).
 
-    from fer_lib.report import collect_numbers, describe_environment, write_index
-    write_index(Path("reports/smoke-real"), manifest, Path("runs/study/smoke-real"))  # fer study does this
+    python -m fer_lib.report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
 
-Index numbers are read from files the notebooks wrote (history.json, metrics.json, ...),
-never typed in; each row names the file it came from.
+Every number in a README block is read from files the runs wrote, never typed in.
 """
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import os
 import platform
@@ -135,129 +133,6 @@ def describe_data(h5) -> dict:
     info = read_info(h5)
     return {"h5": str(h5), "source": info["source"], "sha256": info["source_sha256"],
             "synthetic": info["synthetic"], "counts": info["counts"]}
-
-
-# ----------------------------------------------------------------------------- key numbers and index
-
-# Leaf names worth a line on the index (metrics.json and friends hold much more).
-KEY_WORDS = ("acc", "f1", "ece", "nll", "auc", "best_value", "fps", "latency", "n_trials", "kappa", "switches")
-# Per-class detail stays in the notebooks; budgets, targets and inputs are not results.
-SKIP = ("report", "confusion", "confusion_normalized", "per_class", "budget", "target", "stream", "config")
-SPLIT_NAMES = {"val": "PublicTest (val)", "test": "PrivateTest (test)"}
-MAX_PER_FILE = 40
-
-
-def _flatten(obj, prefix="", depth=0):
-    """Yield ("a.b.c", value) for numeric leaves of nested dicts, and [lo, hi] intervals."""
-    if isinstance(obj, dict) and depth < 4:
-        for k, v in obj.items():
-            if k not in SKIP:
-                yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        yield prefix, obj
-    elif isinstance(obj, list) and len(obj) == 2 and all(isinstance(v, (int, float)) for v in obj):
-        yield prefix, obj
-
-
-def _history_rows(data: list) -> list[tuple[str, object]]:
-    """Training history (rows with val_acc): best PublicTest accuracy and when."""
-    rows = [r for r in data if isinstance(r, dict) and "val_acc" in r]
-    if not rows:
-        return []
-    best = max(rows, key=lambda r: r["val_acc"])
-    return [("training: best val (PublicTest) accuracy", best["val_acc"]),
-            ("training: epoch of best val accuracy", best.get("epoch")), ("training: epochs run", len(rows))]
-
-
-def collect_numbers(report_dir: Path, work_dir: Path | None = None) -> list[dict]:
-    """Rows {what, value, file} from the JSON the notebooks wrote under report_dir (and history under work_dir)."""
-    files = sorted(p for p in Path(report_dir).rglob("*.json") if p.name != "manifest.json")
-    if work_dir and Path(work_dir).exists():
-        files += sorted(Path(work_dir).rglob("history.json"))
-    out = []
-    for path in files:
-        if path.stat().st_size > 1_000_000:
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if path.name == "history.json" and isinstance(data, list):
-            pairs = _history_rows(data)
-        else:
-            pairs = [(k, v) for k, v in _flatten(data) if any(w in k.rsplit(".", 1)[-1].lower() for w in KEY_WORDS)
-                     and not k.endswith("_bins") and not k.startswith("source")]
-        for k, v in pairs[:MAX_PER_FILE]:
-            head, _, rest = k.partition(".")
-            what = f"{SPLIT_NAMES[head]}.{rest}" if head in SPLIT_NAMES and rest else k
-            out.append({"what": what if path.name in ("metrics.json", "history.json") else f"{path.stem}: {what}",
-                        "value": v, "file": path})
-    return out
-
-
-def _fmt(v) -> str:
-    if isinstance(v, list):
-        return "[" + ", ".join(map(_fmt, v)) + "]"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _where(path: Path, report_dir: Path) -> tuple[str, str | None]:
-    """(text, link): files inside the report are linked; others (runs/, not committed) are named."""
-    try:
-        rel = Path(path).resolve().relative_to(Path(report_dir).resolve()).as_posix()
-        return rel, rel
-    except ValueError:
-        return str(path), None
-
-
-def write_index(report_dir: Path, manifest: dict, work_dir: Path | None = None) -> None:
-    """index.md and index.html: run facts, one row per notebook, the key numbers with their files."""
-    report_dir = Path(report_dir)
-    m, data, git = manifest, manifest.get("data", {}), manifest.get("git", {})
-    facts = [("profile", m["profile"]), ("status", m["status"]), ("data", data.get("kind")),
-             ("data source", data.get("source") or "synthetic faces (fer_lib.synthetic)"),
-             ("data sha256", data.get("sha256")), ("checkpoint for 04/05", m["checkpoint"]["why"]),
-             ("git commit", f"{git.get('commit')}{' (uncommitted code changes)' if git.get('dirty') else ''}"),
-             ("device", m["environment"]["device"]), ("start (UTC)", m["start"]), ("wall time", f"{m['wall_s']} s")]
-    if m.get("code_changed"):
-        facts.append(("code changed during the run", ", ".join(m["code_changed"])))
-    if m.get("error"):
-        facts.append(("error", m["error"]))
-    nbs = [(n["name"], n["status"], f"{n.get('wall_s', '')} s") for n in m["notebooks"]]
-    numbers = [(r["what"], _fmt(r["value"]), *_where(r["file"], report_dir))
-               for r in collect_numbers(report_dir, work_dir)]
-    warn = ("**SYNTHETIC DATA, NOT FER-2013.** These numbers only show that the pipeline runs; "
-            "rerun with `fer study --data path/to/archive.zip`.") if data.get("kind") == "synthetic" else ""
-
-    md = [f"# FER-2013 study: {m['run']}", ""] + ([f"> {warn}", ""] if warn else [])
-    md += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts]
-    md += ["", "## Notebooks", "", "| notebook | status | wall time | executed notebook |", "|---|---|---|---|"]
-    md += [f"| [{n}]({n}.html) | {s} | {t} | [{n}.ipynb]({n}.ipynb) |" for n, s, t in nbs]
-    md += ["", "## Key numbers", "", "Read from the files the notebooks wrote.", "",
-           "| quantity | value | file |", "|---|---|---|"]
-    md += [f"| {w} | {v} | {f'[{t}]({link})' if link else f'`{t}`'} |" for w, v, t, link in numbers]
-    md += ["", "Provenance, package versions and every parameter: [manifest.json](manifest.json)."]
-
-    e = html.escape
-    rows = lambda cells: "".join(f"<tr>{''.join(f'<td>{c}</td>' for c in r)}</tr>" for r in cells)  # noqa: E731
-    page = [f"<!doctype html><meta charset='utf-8'><title>{e(m['run'])}</title>",
-            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:.2em .8em;"
-            "border-bottom:1px solid #ddd}.warn{background:#fdd;padding:1em;font-weight:bold}</style>",
-            f"<h1>FER-2013 study: {e(m['run'])}</h1>"]
-    if warn:
-        page.append("<p class='warn'>SYNTHETIC DATA, NOT FER-2013. These numbers only show that the pipeline "
-                    "runs; rerun with <code>fer study --data path/to/archive.zip</code>.</p>")
-    page.append("<table>" + rows((e(k), e(str(v))) for k, v in facts) + "</table>")
-    page.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>wall time</th><th></th></tr>"
-                + rows((f"<a href='{e(n)}.html'>{e(n)}</a>", e(s), e(t), f"<a href='{e(n)}.ipynb'>ipynb</a>")
-                       for n, s, t in nbs) + "</table>")
-    page.append("<h2>Key numbers</h2><p>Read from the files the notebooks wrote.</p><table>"
-                "<tr><th>quantity</th><th>value</th><th>file</th></tr>"
-                + rows((e(w), e(v), f"<a href='{e(link)}'>{e(t)}</a>" if link else f"<code>{e(t)}</code>")
-                       for w, v, t, link in numbers) + "</table>")
-    page.append("<p>Provenance, package versions and every parameter: <a href='manifest.json'>manifest.json</a>.</p>")
-    for name, text in (("index.md", "\n".join(md) + "\n"), ("index.html", "\n".join(page) + "\n")):
-        write_atomic(report_dir / name, text)
 
 
 # ----------------------------------------------------------------------------- README results

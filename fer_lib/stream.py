@@ -62,6 +62,8 @@ class LabelledStream:
 
 
 TARGET = {"switch_cut": 5.0, "accuracy_drop_pts": 1.0, "median_delay": 12.0}  # issue 6's acceptance
+# Fewer faces than this and the table cannot judge a smoother (the smoke profile plays 20, the full one 200).
+FACES_TO_JUDGE = 100
 MIN_REACHED = 0.9  # tuning also asks that 90% of the changes the network sees get shown at all
 COMPARISON = {  # display name -> (smoother name, settings); {} keeps the smoother's defaults
     "raw": ("none", {}),
@@ -240,20 +242,24 @@ def resolve_source(source, h5_path, fallback, **kwargs) -> tuple[str, str]:
                            f"(PublicTest faces of {h5_path}) instead")
 
 
-def plot_frame_strip(video_path, n: int = 6, height: float = 2.6):
-    """n evenly spaced frames of a video side by side (the first and last left out: often black)."""
+def plot_frame_strip(video_path, n: int = 4, cols: int = 2, frame_width: float = 5.5):
+    """n evenly spaced frames of a video (the first and last left out: often black), `cols` to a row,
+    each frame_width inches wide: about as large as the clip itself, so that the labels can be read."""
     import matplotlib.pyplot as plt
     cap = cv2.VideoCapture(str(video_path))
     total, w, h = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
                                              cv2.CAP_PROP_FRAME_HEIGHT))
-    fig, axes = plt.subplots(1, n, figsize=(n * height * w / h, height + 0.3), squeeze=False)
-    for ax, i in zip(axes[0], np.linspace(0, total - 1, n + 2)[1:-1].round().astype(int)):
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * frame_width, rows * (frame_width * h / w + 0.3)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, np.linspace(0, total - 1, n + 2)[1:-1].round().astype(int)):
         cap.set(cv2.CAP_PROP_POS_FRAMES, i)
         ok, frame = cap.read()
         if ok:
             ax.imshow(frame[..., ::-1])
-        ax.set_title(f"frame {i}", fontsize=9)
-        ax.axis("off")
+        ax.set_title(f"frame {i}", fontsize=10)
     cap.release()
     fig.tight_layout()
     return fig

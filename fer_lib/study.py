@@ -25,8 +25,8 @@ from pathlib import Path
 import nbformat
 
 from .errors import UserError
-from .report import (describe_data, describe_environment, describe_git, mask_url, split_url_password, write_atomic,
-                     write_index)
+from .progress import ENV as PROGRESS_ENV
+from .report import describe_data, describe_environment, describe_git, mask_url, split_url_password, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -147,12 +147,48 @@ def execute_notebook(nb: Path, out: Path, parameters: dict, cwd: Path) -> None:
     import papermill
     logging.getLogger("papermill").setLevel(logging.ERROR)  # we check parameters; it would warn per notebook
     partial = out.with_name(f".partial-{out.name}")
+    os.environ[PROGRESS_ENV] = "0"  # no one watches a headless kernel's bars; its notebook keeps no empty stripes
     try:
         papermill.execute_notebook(str(nb), str(partial), parameters=parameters, cwd=str(cwd), progress_bar=False,
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP warning per kernel
     finally:
         if partial.exists():
+            tidy_notebook(partial)
             os.replace(partial, out)
+
+
+def tidy_outputs(nb) -> int:
+    """Keep what a terminal would show: consecutive stream outputs merged, each line's carriage-return
+    rewrites resolved (a progress bar leaves its last state), and outputs left blank (bars that cleared
+    themselves, drawn as empty stripes) dropped. Changes nb in place; returns how many outputs went."""
+    before = sum(len(c.get("outputs", [])) for c in nb.cells)
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for _ in range(2):  # again once the blanks between two outputs of one stream are gone
+            merged = []
+            for o in c.outputs:
+                if (o.output_type == "stream" and merged and merged[-1].output_type == "stream"
+                        and merged[-1].name == o.name):
+                    merged[-1].text += o.text
+                else:
+                    merged.append(o)
+            for o in merged:
+                if o.output_type == "stream":
+                    o.text = "\n".join(line.rsplit("\r", 1)[-1] for line in o.text.split("\n"))
+            c.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
+    return before - sum(len(c.get("outputs", [])) for c in nb.cells)
+
+
+def tidy_notebook(path) -> bool:
+    """tidy_outputs on an executed notebook file; rewritten (and True) only if that changed something."""
+    nb = nbformat.read(str(path), as_version=4)
+    old = nbformat.writes(nb)
+    tidy_outputs(nb)
+    new = nbformat.writes(nb)
+    if new != old:
+        write_atomic(path, new + "\n")
+    return new != old
 
 
 def render_html(ipynb: Path, out: Path) -> None:
@@ -262,7 +298,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     from .profiles import PROFILES
     manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
                 "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
-                "checkpoint": {"path": checkpoint, "why": why}, "report_dir": str(report_dir),
+                "checkpoint": {"path": checkpoint, "why": why}, "root": str(ROOT), "report_dir": str(report_dir),
                 "work_dir": str(work_dir), "argv": [mask_url(a) for a in sys.argv], "overrides": overrides or {}, "git": describe_git(),
                 "environment": describe_environment(), "seeds": {}, "notebooks": []}
     t_study = time.time()
@@ -304,7 +340,8 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     if failure:
         manifest["error"] = failure
     write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
-    write_index(report_dir, manifest, work_dir)
+    from .frontpage import reindex
+    reindex(report_dir)  # the front page; this checkout's absolute paths made relative
     if not source:
         print(SYNTHETIC_BANNER, flush=True)
     if failure:
@@ -376,6 +413,8 @@ def add_arguments(p) -> None:
                    help="leave FER-2013's faces out of the report (for publishing; the data may not be redistributed)")
     p.add_argument("--leave-out-faces", metavar="REPORT_DIR",
                    help="strip the faces from an existing report (as --no-faces does) instead of a study")
+    p.add_argument("--reindex", metavar="REPORT_DIR",
+                   help="rebuild an existing report's front page (index.html) and make its paths relative")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -385,6 +424,12 @@ def run(args) -> int:
         if args.nbval_refs:
             for ref in write_nbval_refs(args.notebooks, only=args.only):
                 print("wrote", ref)
+            return 0
+        if args.reindex:
+            from .frontpage import reindex
+            changed = reindex(args.reindex)
+            print(f"wrote {Path(args.reindex) / 'index.html'}" + (f"; paths made relative in {len(changed)} files"
+                                                                   if changed else ""))
             return 0
         if args.leave_out_faces:
             for what in leave_out_faces(args.leave_out_faces, args.notebooks):

@@ -17,8 +17,10 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +35,7 @@ from . import train
 from .data import read_info
 from .models import create_model
 from .profiles import profile_params
+from .progress import in_notebook
 from .report import mask_url, write_atomic
 from .train import TrainConfig, resolve_config
 
@@ -130,8 +133,21 @@ def create_pruner(name: str) -> optuna.pruners.BasePruner:
     raise ValueError(f"unknown pruner {name!r}; choose median, hyperband or none")
 
 
+def log_trials_to_stdout() -> None:
+    """Optuna's trial log on stdout, without colour codes: in a notebook, stderr is drawn as an error."""
+    logger = optuna.logging.get_logger("optuna")
+    if not any(getattr(h, "_fer_stdout", False) for h in logger.handlers):
+        optuna.logging.disable_default_handler()
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(levelname).1s %(asctime)s] %(message)s", "%H:%M:%S"))
+        handler._fer_stdout = True
+        logger.addHandler(handler)
+
+
 def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = "median") -> optuna.Study:
     """Create or resume (load_if_exists) a maximizing study with a seeded TPE sampler."""
+    if in_notebook():
+        log_trials_to_stdout()
     # constant_liar: parallel workers don't all sample next to the same running trial.
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     return optuna.create_study(storage=open_storage(storage) if isinstance(storage, str) else storage,

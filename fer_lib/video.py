@@ -1,12 +1,14 @@
 """Emotion overlay on a video file or a webcam: detect, track, classify, smooth, draw.
 
-    fer video --source ../shared/video/Megamind.avi --checkpoint models/vgg_small_fer2013.pt --out out.mp4
-    fer video --source 0 --checkpoint models/vgg_small_fer2013.pt --out webcam.mp4 --end 30 --show
+    fer video --source ../shared/video/Megamind.avi --out out.mp4      # the live model (models.LIVE_MODEL)
+    fer video --source 0 --out webcam.mp4 --end 30 --show              # --show: desktop OpenCV only
     fer video --source clip.mp4 --checkpoint m.pt --out o.mp4 --log frames.csv --gif o.gif --bars
+                                                  # frames.csv, one row per face per frame, and frames_tracks.csv
     fer video ... --smoother ema --alpha 0.3 --detector yunet --yunet-model face_detection_yunet_2023mar.onnx
 
-    from fer_lib.video import run_pipeline
-    result = run_pipeline("clip.mp4", "model.pt", out="out.mp4")  # dict: frames, fps, stage_s, records, ...
+    from fer_lib.video import run_pipeline, show_in_notebook
+    result = run_pipeline("clip.mp4", out="out.mp4")  # dict: frames, fps, stage_s, records, track_summary, ...
+    show_in_notebook(0, seconds=20)                   # the webcam overlay inside a notebook cell
 
 Faces are found by OpenCV's Haar cascade (or YuNet, given its ONNX file; it is
 never downloaded) on a downscaled frame every `detect_every` frames; greedy IoU
@@ -29,10 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .errors import UserError, check_output_path
-from .models import Classifier, load_model
+from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
 from .report import write_atomic
 from .smoothing import DEFAULT_SMOOTHER, Tracker, create_smoother
 
@@ -224,17 +226,24 @@ def classify_faces(clf: Classifier, gray: np.ndarray, boxes, margin: float = 0.0
     return clf.predict_proba(crops) if batch else np.concatenate([clf.predict_proba(c) for c in crops])
 
 
-def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
-    """Overlay smoothed emotion labels on `source` (file or camera index), writing `out` (mp4v).
+def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interruptible=False, **kwargs) -> dict:
+    """Overlay smoothed emotion labels on `source` (file or camera index), writing `out` (mp4v; None:
+    no video file). checkpoint: a path, a Classifier, or None for the live model (LIVE_MODEL).
 
-    kwargs are VideoConfig fields (None keeps the default). Returns a dict: frames, fps, wall_s, cpu_s,
-    stage_s, stage_cpu_s, records (one per face per frame, the CSV rows), tracks, no_faces, out, log, gif, ...
+    on_frame(frame_bgr), if given, sees every annotated frame; with interruptible, Ctrl-C (or a notebook's
+    interrupt) ends the clip there and returns what was made. kwargs are VideoConfig fields (None keeps the
+    default). Returns a dict: frames, fps, wall_s, cpu_s, stage_s, stage_cpu_s, records (one per face per
+    frame, the CSV rows), track_summary, clip_summary, tracks, no_faces, out, log, tracks_csv, gif, ...
     """
     cfg = VideoConfig(**{k: v for k, v in kwargs.items() if v is not None})
-    if not isinstance(checkpoint, Classifier) and not Path(checkpoint).is_file():
-        raise VideoError(f"{checkpoint}: no such checkpoint file")
-    for path, flag in ((out, "--out"), (cfg.log, "--log"), (cfg.gif, "--gif")):  # before any frame is read
-        if path:
+    if not isinstance(checkpoint, Classifier):
+        try:
+            checkpoint = resolve_checkpoint(checkpoint)
+        except UserError as e:
+            raise VideoError(str(e)) from None
+    tracks_csv = tracks_csv_path(cfg.log) if cfg.log else None
+    for path, flag in ((out, "--out"), (cfg.log, "--log"), (tracks_csv, "--log"), (cfg.gif, "--gif")):
+        if path:  # before any frame is read
             check_output_path(path, flag)
     clf = checkpoint if isinstance(checkpoint, Classifier) else load_model(checkpoint)
     smoother_args = {k: getattr(cfg, k) for k in ("window", "alpha", "margin", "k")}
@@ -246,7 +255,9 @@ def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
         try:
             cv2.namedWindow(WINDOW)
         except cv2.error:
-            raise VideoError("--show needs a desktop OpenCV build (opencv-python, not -headless)") from None
+            raise VideoError("--show needs a desktop OpenCV build: pip uninstall opencv-python-headless && "
+                             "pip install 'opencv-python>=4.8,<5' (in a notebook: fer_lib.video.show_in_notebook)"
+                             ) from None
     cap, is_camera = open_source(source)
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0  # cameras may report 0
     first = 0 if is_camera else int(round(cfg.start * fps))
@@ -260,13 +271,13 @@ def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
 
     def encode(tmp):
         nonlocal n
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not writer.isOpened():
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size) if tmp else None
+        if writer is not None and not writer.isOpened():
             raise VideoError(f"{out}: OpenCV cannot write an mp4v video here")
         frames = _decode_detect(cap, detect, cfg.detect_every, in_clock)
         frames = frames if cfg.sequential else _ahead(frames)
-        bar = tqdm(total=None if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - first, desc="video",
-                   leave=False, mininterval=1, disable=not cfg.progress)
+        bar = progress_bar(total=None if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - first,
+                           desc="video", leave=False, mininterval=1, disable=not cfg.progress)
         try:
             for frame, gray, boxes in frames:
                 clock.skip()
@@ -288,7 +299,10 @@ def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
                 for t, label, conf, smoothed in shown:
                     draw_face_label(frame, t.id, t.box, label, conf, smoothed, clf.class_names, cfg.bars)
                 clock.lap("draw")
-                writer.write(frame)
+                if on_frame is not None:
+                    on_frame(frame)
+                if writer is not None:
+                    writer.write(frame)
                 if cfg.gif and n % cfg.gif_every == 0:
                     gif_frames.append(cv2.cvtColor(cv2.resize(frame, gif_size, interpolation=cv2.INTER_AREA),
                                                    cv2.COLOR_BGR2RGB))
@@ -299,37 +313,77 @@ def run_pipeline(source, checkpoint, out="out.mp4", **kwargs) -> dict:
                 clock.lap("encode")
                 n += 1
                 bar.update()
-            if n == 0:
-                raise VideoError(f"{source}: no frame could be read" + (f" at {cfg.start} s" if first else ""))
+        except KeyboardInterrupt:
+            if not interruptible or n == 0:
+                raise
+            records[:] = [r for r in records if r["frame"] < first + n]  # the interrupted frame was not kept
         finally:
             frames.close()  # stops the decoding thread before the capture is released
             bar.close()
             clock.skip()
-            writer.release()
+            if writer is not None:
+                writer.release()
             clock.lap("encode")
+        if n == 0:
+            raise VideoError(f"{source}: no frame could be read" + (f" at {cfg.start} s" if first else ""))
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        write_atomic(out, encode)
+        write_atomic(out, encode) if out else encode(None)
     finally:
         torch.set_num_threads(threads)
         cap.release()
         if cfg.show:
             cv2.destroyAllWindows()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    summary, clip = track_summary(records, clf.class_names)
     if cfg.log:
         import pandas as pd
         write_atomic(cfg.log, lambda tmp: pd.DataFrame(records, columns=COLUMNS).to_csv(tmp, index=False))
+        write_atomic(tracks_csv, lambda tmp: pd.DataFrame(summary, columns=track_columns(clf.class_names))
+                     .to_csv(tmp, index=False))
     if cfg.gif:
         from PIL import Image
         imgs = [Image.fromarray(f) for f in gif_frames]
         write_atomic(cfg.gif, lambda tmp: imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:],
                                                        duration=round(1000 * cfg.gif_every / fps), loop=0))
-    return {"source": str(source), "out": str(out), "log": cfg.log, "gif": cfg.gif, "frames": n, "size": size,
+    return {"source": str(source), "out": out and str(out), "log": cfg.log, "tracks_csv": tracks_csv and str(tracks_csv),
+            "gif": cfg.gif, "frames": n, "size": size, "track_summary": summary, "clip_summary": clip,
             "source_fps": fps, "wall_s": wall, "cpu_s": cpu, "fps": n / wall, "realtime_factor": n / wall / fps,
             "stage_s": {s: clock.wall[s] + in_clock.wall[s] for s in STAGES}, "records": records,
             "stage_cpu_s": {s: clock.cpu[s] + in_clock.cpu[s] for s in STAGES}, "tracks": tracker.next_id,
             "no_faces": not records, "config": dataclasses.asdict(cfg)}
+
+
+def tracks_csv_path(log) -> Path:
+    """Where the per-track summary of frame log `log` goes: frames.csv -> frames_tracks.csv."""
+    log = Path(log)
+    return log.with_name(f"{log.stem}_tracks.csv")
+
+
+def track_columns(class_names) -> list[str]:
+    return ["track_id", "first_s", "last_s", "frames", "dominant", *(f"share_{c}" for c in class_names)]
+
+
+def track_summary(records, class_names) -> tuple[list[dict], dict]:
+    """What each face showed over the clip, from the frame log's rows (the smoothed, shown labels).
+
+    Returns (one dict per track: track_id, first_s, last_s, frames, dominant, share_<class> (its
+    frames' shares, summing to 1)), and the clip's {"face_frames", "top", "shares"} over all faces."""
+    k = len(class_names)
+    by_track: dict[int, list] = {}
+    for r in records:
+        by_track.setdefault(r["track_id"], []).append(r)
+    rows = []
+    for tid, rs in sorted(by_track.items()):
+        counts = np.bincount([r["label"] for r in rs], minlength=k)
+        rows.append({"track_id": tid, "first_s": min(r["time_s"] for r in rs), "last_s": max(r["time_s"] for r in rs),
+                     "frames": len(rs), "dominant": class_names[int(counts.argmax())],
+                     **{f"share_{c}": float(n / len(rs)) for c, n in zip(class_names, counts)}})
+    counts = np.bincount([r["label"] for r in records], minlength=k)
+    clip = {"face_frames": len(records), "top": class_names[int(counts.argmax())] if records else None,
+            "shares": {c: float(n / max(len(records), 1)) for c, n in zip(class_names, counts)}}
+    return rows, clip
 
 
 def format_summary(result: dict) -> str:
@@ -339,14 +393,18 @@ def format_summary(result: dict) -> str:
     msg = (f"{result['frames']} frames in {result['wall_s']:.1f} s: {result['fps']:.1f} fps "
            f"({result['realtime_factor']:.2f}x real time at {result['source_fps']:.3f} fps); per frame{overlap}: "
            f"{stages}; CPU {result['cpu_s']:.1f} s")
-    return msg + ("\nno faces detected" if result["no_faces"] else f"; {result['tracks']} face tracks")
+    if result["no_faces"]:
+        return msg + "\nno faces detected"
+    clip = result["clip_summary"]
+    return (msg + f"; {result['tracks']} face tracks\ntop emotion over the clip: {clip['top']} "
+            f"({clip['shares'][clip['top']]:.0%} of {clip['face_frames']} face-frames)")
 
 
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(p) -> None:
     p.add_argument("--source", required=True, help="video file, or camera index such as 0")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (fer train)")
+    p.add_argument("--checkpoint", default=None, help=f"model checkpoint (default: the live model, {LIVE_MODEL})")
     p.add_argument("--out", default="out.mp4", help="annotated MP4 (mp4v) to write")
     helps = dict(re.findall(r"^ +(\w+): [^#\n]*# (.*)$", inspect.getsource(VideoConfig), re.M))  # the comments
     for f in dataclasses.fields(VideoConfig):
@@ -367,5 +425,20 @@ def run(args) -> int:
         print(f"fer video: error: {e}", file=sys.stderr)
         return 2
     print(format_summary(result))
-    print("wrote", ", ".join(p for p in (result["out"], result["log"], result["gif"]) if p))
+    print("wrote", ", ".join(p for p in (result["out"], result["log"], result["tracks_csv"], result["gif"]) if p))
     return 0
+
+
+def show_in_notebook(source=0, checkpoint=None, seconds: float = 10.0, width: int = 480, out=None, **kwargs):
+    """The overlay live in a notebook cell, for a webcam (source 0) or a file: each annotated frame
+    replaces the previous one in the cell's output, so it works in JupyterLab on a server, where a
+    desktop window (--show) cannot. Stops after `seconds` or at the kernel's interrupt (the stop button
+    in the toolbar) and returns run_pipeline's result. kwargs are VideoConfig fields."""
+    from IPython.display import Image, display
+    handle = display(Image(data=cv2.imencode(".jpg", np.zeros((1, 1, 3), np.uint8))[1].tobytes()), display_id=True)
+
+    def push(frame):
+        h = round(frame.shape[0] * width / frame.shape[1])
+        jpg = cv2.imencode(".jpg", cv2.resize(frame, (width, h), interpolation=cv2.INTER_AREA))[1].tobytes()
+        handle.update(Image(data=jpg, format="jpeg"))
+    return run_pipeline(source, checkpoint, out, on_frame=push, interruptible=True, end=seconds, **kwargs)

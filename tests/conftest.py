@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FER_PROGRESS", "0")  # nbval's kernels inherit it: no progress bars in the notebooks
 
 
 def real_zip_path() -> Path | None:

@@ -124,6 +124,14 @@ CASES = {
     "unreadable video": (lambda w: ((w / "clip.mp4").write_bytes(os.urandom(2000)),
                                     ["video", "--source", str(w / "clip.mp4"), "--checkpoint", str(w / "good.pt"),
                                      "--out", str(w / "o.mp4")])[1], ["clip.mp4"]),
+    # photos
+    "predict a missing photo": (lambda w: ["predict", str(w / "nope.jpg"), "--checkpoint", str(w / "good.pt"),
+                                           "--out", str(w / "pred")], ["nope.jpg", "no such file"]),
+    "predict with a truncated checkpoint": (lambda w: ["predict", str(w), "--checkpoint",
+                                                       str(truncated(w / "good.pt", w / "half.pt")), "--out",
+                                                       str(w / "pred")], ["half.pt", "not a readable fer_lib checkpoint"]),
+    "predict --out under a file": (lambda w: ["predict", str(w), "--checkpoint", str(w / "good.pt"), "--out",
+                                              str(w / "afile" / "pred")], ["afile", "is a file"]),
     # training runs
     "a finished run without --resume": (lambda w: train_argv(w, out=finished_run(w).name),
                                         ["already holds a run", "--resume", "--overwrite"]),

@@ -65,3 +65,16 @@ def test_nbval_reference_is_up_to_date(path):
     nb_cells = nbformat.read(str(path), as_version=4).cells
     assert [(c.cell_type, c.source) for c in ref_cells] == [(c.cell_type, c.source) for c in nb_cells], \
         f"{ref.relative_to(ROOT)} is stale ({path.name} changed since): run `make nbval-refs`"
+
+
+def test_metadata_is_what_jupyterlab_writes(path):
+    """Opening a notebook must not mark it modified: JupyterLab rewrites kernelspec and language_info
+    from the kernel, so they are committed as the kernel reports them."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    meta = nbformat.read(str(path), as_version=4).metadata
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert meta["kernelspec"] == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    assert {k: v for k, v in meta["language_info"].items() if k != "version"} == {
+        "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py", "mimetype": "text/x-python",
+        "name": "python", "nbconvert_exporter": "python", "pygments_lexer": "ipython3"}
+    assert meta["language_info"]["version"].count(".") == 2

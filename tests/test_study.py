@@ -81,10 +81,8 @@ def test_study_writes_notebooks_html_manifest_and_index(stub_study):
     executed = nbformat.read(str(report / "02_use_stub.ipynb"), as_version=4)
     assert "epochs: 3 val size: 14" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     index = (report / "index.md").read_text()
-    assert "[01_make_stub](01_make_stub.html) | ok" in index and "SYNTHETIC DATA" in index
-    # numbers come from the files the stand-ins wrote: majority class of 14 val faces = 2/14
-    assert "| PublicTest (val).accuracy | 0.1429 | [metrics.json](metrics.json) |" in index
-    assert "| training: epochs run | 3 |" in index
+    assert "**[01_make_stub](01_make_stub.html)**" in index and "SYNTHETIC DATA" in index
+    assert "(ok; no summary file)" in index  # the stand-ins write none of the study's summary files
     assert "href='02_use_stub.html'" in (report / "index.html").read_text()
 
 
@@ -98,7 +96,8 @@ def test_failing_notebook_is_named_and_recorded(stub_study, tmp_path, capsys):
     assert m["status"] == "failed" and "02_use_stub" in m["error"] and "stand-in failure requested" in m["error"]
     assert m["notebooks"][0]["status"] == "failed"
     assert "stand-in failure requested" in (tmp_path / "bad" / "02_use_stub.html").read_text()
-    assert "[02_use_stub](02_use_stub.html) | failed" in (tmp_path / "bad" / "index.md").read_text()
+    assert "**[02_use_stub](02_use_stub.html)** (" in (tmp_path / "bad" / "index.md").read_text()
+    assert "(failed; no summary file)" in (tmp_path / "bad" / "index.md").read_text()
 
 
 def test_code_changed_during_a_study_is_recorded(tmp_path, monkeypatch, capsys):
@@ -115,7 +114,7 @@ def test_code_changed_during_a_study_is_recorded(tmp_path, monkeypatch, capsys):
     m = json.loads((tmp_path / "drift" / "manifest.json").read_text())
     assert m["git"]["commit"] == "c1" and m["code_changed"] == ["02_use_stub"]
     assert "git" not in m["notebooks"][0] and m["notebooks"][1]["git"]["commit"] == "c2"
-    assert "| code changed during the run | 02_use_stub |" in (tmp_path / "drift" / "index.md").read_text()
+    assert "- code changed during the run: 02_use_stub" in (tmp_path / "drift" / "index.md").read_text()
 
 
 def test_describe_git_sees_uncommitted_code_but_not_reports(tmp_path, monkeypatch):

@@ -489,3 +489,15 @@ def test_ctrl_c_in_fer_train_is_one_line_and_status_130(synthetic_h5, tmp_path, 
     monkeypatch.undo()
     assert main(["train", "--out", str(tmp_path), "--resume"]) == 0   # its own config.json
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+
+
+def test_the_plan_line_measures_speed_without_changing_the_run(synthetic_h5, tmp_path, capsys):
+    """Before training, a run says what it will cost here; measuring that touches neither weights nor RNG."""
+    quiet = fit(tiny_config(synthetic_h5, tmp_path / "quiet", epochs=2, drop_rate=0.5))
+    assert "plan:" not in capsys.readouterr().out
+    told = fit(tiny_config(synthetic_h5, tmp_path / "told", epochs=2, drop_rate=0.5, progress=True))
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan:")]
+    assert len(plan) == 1 and "2 epochs of baseline on 280 Training faces" in plan[0]
+    speed = float(plan[0].split("measured ")[1].split(" faces/s")[0])
+    assert speed > 0 and " s an epoch" in plan[0] and "resumes" in plan[0]
+    assert strip_time(told["history"]) == strip_time(quiet["history"])

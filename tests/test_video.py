@@ -8,7 +8,8 @@ import pytest
 from fer_lib import cli
 from fer_lib.smoothing import Tracker
 from fer_lib.synthetic import draw_face
-from fer_lib.video import VideoError, create_detector, crop_face, format_summary, open_source, run_pipeline
+from fer_lib.video import (VideoError, create_detector, crop_face, format_summary, open_source, run_pipeline,
+                           show_in_notebook, track_summary)
 
 FPS, N_FRAMES, SIZE = 24.0, 24, (480, 240)
 
@@ -82,6 +83,71 @@ def test_pipeline_end_to_end(clips, tiny_checkpoint, tmp_path, capsys):
     with Image.open(gif) as im:
         assert im.n_frames == N_FRAMES // 4 and im.size == (320, 160)
     assert "2 face tracks" in format_summary(r)
+    # Beside the frame log, what each face showed over the clip: one row per track.
+    tracks = list(csv.DictReader(open(tmp_path / "frames_tracks.csv", newline="")))
+    assert [int(t["track_id"]) for t in tracks] == [0, 1] and [int(t["frames"]) for t in tracks] == [N_FRAMES] * 2
+    for t in tracks:
+        shares = {k[6:]: float(v) for k, v in t.items() if k.startswith("share_")}
+        assert len(shares) == 7 and sum(shares.values()) == pytest.approx(1)
+        assert t["dominant"] == max(shares, key=shares.get)
+        assert float(t["first_s"]) == 0 and float(t["last_s"]) == pytest.approx((N_FRAMES - 1) / FPS, abs=1e-4)
+    clip = r["clip_summary"]
+    assert clip["face_frames"] == 2 * N_FRAMES and sum(clip["shares"].values()) == pytest.approx(1)
+    assert f"top emotion over the clip: {clip['top']}" in format_summary(r)
+
+
+def test_track_summary_counts_the_shown_labels():
+    names = ["A", "B", "C"]
+    recs = [{"track_id": 0, "time_s": t, "label": lab} for t, lab in ((0.0, 1), (0.1, 1), (0.2, 1), (0.3, 2))]
+    recs += [{"track_id": 4, "time_s": 0.2, "label": 0}]
+    rows, clip = track_summary(recs, names)
+    assert rows == [
+        {"track_id": 0, "first_s": 0.0, "last_s": 0.3, "frames": 4, "dominant": "B",
+         "share_A": 0.0, "share_B": 0.75, "share_C": 0.25},
+        {"track_id": 4, "first_s": 0.2, "last_s": 0.2, "frames": 1, "dominant": "A",
+         "share_A": 1.0, "share_B": 0.0, "share_C": 0.0}]
+    assert clip == {"face_frames": 5, "top": "B", "shares": {"A": 0.2, "B": 0.6, "C": 0.2}}
+    assert track_summary([], names) == ([], {"face_frames": 0, "top": None, "shares": dict.fromkeys(names, 0.0)})
+
+
+def test_frames_reach_a_callback_and_an_interrupt_keeps_what_was_made(clips, tiny_checkpoint, tmp_path):
+    seen = []
+
+    def on_frame(frame):
+        if len(seen) == 5:
+            raise KeyboardInterrupt  # what a notebook's stop button sends
+        seen.append(frame.shape)
+    r = run_pipeline(clips["faces"], tiny_checkpoint, tmp_path / "o.mp4", on_frame=on_frame, interruptible=True)
+    assert r["frames"] == 5 and seen == [(SIZE[1], SIZE[0], 3)] * 5
+    assert sorted({rec["frame"] for rec in r["records"]}) == list(range(5))
+    assert len(read_frames(tmp_path / "o.mp4")) == 5
+    with pytest.raises(KeyboardInterrupt):  # a script's Ctrl-C still stops the script
+        run_pipeline(clips["faces"], tiny_checkpoint, tmp_path / "p.mp4", on_frame=on_frame)
+    assert not (tmp_path / "p.mp4").exists()
+    r = run_pipeline(clips["faces"], tiny_checkpoint, out=None, end=0.25)  # no file at all
+    assert r["frames"] == 6 and r["out"] is None and not list(tmp_path.glob("*.partial*"))
+
+
+def test_show_in_notebook_updates_one_display(clips, tiny_checkpoint, monkeypatch):
+    import IPython.display
+    updates = []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: Handle())
+    r = show_in_notebook(clips["faces"], tiny_checkpoint, seconds=0.25, width=240)
+    assert r["frames"] == 6 and len(updates) == 6
+    assert cv2.imdecode(np.frombuffer(updates[0].data, np.uint8), cv2.IMREAD_COLOR).shape == (120, 240, 3)
+
+
+def test_the_live_model_is_the_default(clips, tmp_path, monkeypatch):
+    from fer_lib import models
+    monkeypatch.chdir(tmp_path)  # found from anywhere, as from notebooks/
+    assert models.resolve_checkpoint() == models.Path(models.__file__).resolve().parents[1] / models.LIVE_MODEL
+    monkeypatch.setattr(models, "LIVE_MODEL", "models/gone.pt")
+    with pytest.raises(models.UserError, match="default live model is missing; give --checkpoint"):
+        models.resolve_checkpoint()
 
 
 def test_pipeline_window_and_smoother(clips, tiny_checkpoint, tmp_path):

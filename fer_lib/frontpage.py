@@ -1,0 +1,285 @@
+"""The study's front page, reports/<run>/index.html (and index.md): what a reader opens first.
+
+    fer study --reindex reports/full-real     # rebuild it (and make every path relative) from a finished run
+
+Like a paper's first page: the headline (the model's PrivateTest accuracy with its interval, beside the
+published results and their protocols), one finding per notebook with its key figure, linked to the
+notebook's page, and a short provenance block. Every number is read from a file the notebooks wrote;
+every path is relative, so the page opens from disk, without a server, on any machine.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+
+from .report import write_atomic
+from .stream import FACES_TO_JUDGE
+
+TEXT_SUFFIXES = (".json", ".md", ".html", ".ipynb", ".csv", ".txt")
+
+
+# ----------------------------------------------------------------------------- relative paths
+
+def relative_paths(text: str, root) -> str:
+    """`text` with every absolute path under `root` (the checkout that made the run) written relative to
+    it, and paths beside it (the shared data) as ../: `/w/repo/runs/x.h5` -> `runs/x.h5`."""
+    root = str(Path(root))
+    parent = str(Path(root).parent)
+    text = re.sub(re.escape(root) + r"(?![\w.-])", ".", text.replace(root + "/", ""))  # the root itself: "."
+    return text.replace(parent + "/", "../") if parent != "/" else text
+
+
+def relativize_report(report_dir, root) -> list[str]:
+    """Rewrite the report's text files (manifest, JSON, executed notebooks, CSV) so that no absolute path
+    of `root` (the run's checkout) or its parent remains; returns the files changed."""
+    changed = []
+    for path in sorted(Path(report_dir).rglob("*")):
+        if path.suffix in TEXT_SUFFIXES and path.is_file():
+            old = path.read_text(errors="surrogateescape")
+            new = relative_paths(old, root)
+            if new != old:
+                write_atomic(path, new.encode(errors="surrogateescape"))
+                changed.append(path.relative_to(report_dir).as_posix())
+    return changed
+
+
+def run_root(manifest: dict):
+    """The checkout a run was made in: recorded by fer study, or the report folder's grandparent."""
+    if manifest.get("root"):
+        return manifest["root"]
+    rd = manifest.get("report_dir") or ""
+    return str(Path(rd).parents[1]) if Path(rd).is_absolute() and len(Path(rd).parts) > 2 else None
+
+
+# ----------------------------------------------------------------------------- what each notebook found
+
+def _json(report_dir: Path, *names):
+    for name in names:
+        hits = sorted(report_dir.glob(name))
+        if hits:
+            try:
+                return json.loads(hits[0].read_text()), hits[0].relative_to(report_dir).as_posix()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass
+    return None, None
+
+
+def _figs(report_dir: Path, *names) -> list[str]:
+    return [p.relative_to(report_dir).as_posix() for n in names for p in sorted(report_dir.glob(n))[:1]]
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _metrics(report_dir: Path):
+    """notebook 04's metrics.json (in its checkpoint's subfolder) and that folder; (None, None) if there
+    is none with a plain PrivateTest row."""
+    data, rel = _json(report_dir, "*/metrics.json", "metrics.json")
+    plain = ((data or {}).get("test") or {}).get("plain") if isinstance((data or {}).get("test"), dict) else None
+    if not isinstance(plain, dict) or not {"accuracy", "accuracy_ci95"} <= set(plain):
+        return None, None
+    return data, str(Path(rel).parent)
+
+
+def finding_01(rd: Path, m: dict):
+    d, src = _json(rd, "data_summary.json")
+    if not d:
+        return None
+    c, names, cc = d["counts"], d["class_names"], d["class_counts"]["train"]
+    share = {n: k / sum(cc) for n, k in zip(names, cc)}
+    big, small = max(share, key=share.get), min(share, key=share.get)
+    kind = "synthetic faces" if d.get("synthetic") else f"FER-2013 ({Path(str(d.get('source'))).name})"
+    return (f"Read {c['train']:,} Training, {c['val']:,} PublicTest and {c['test']:,} PrivateTest faces from {kind} "
+            f"into one HDF5 file. The classes are far from balanced: {big} is {share[big]:.0%} of Training, "
+            f"{small} {share[small]:.1%}, which is why notebook 04 reports per-class metrics.",
+            _figs(rd, "01_class_balance.png"), src)
+
+
+def finding_02(rd: Path, m: dict):
+    d, src = _json(rd, "02_train_cnn.json")
+    if not d:
+        return None
+    return (f"Trained `{d['model']}` ({d['params'] / 1e6:.2f} M parameters, {d['macs_per_face'] / 1e6:.0f} M "
+            f"multiply-adds per face) for {d['epochs_run']} epochs in {d['wall_s'] / 60:.0f} min; the checkpoint "
+            f"kept is the best on PublicTest: {_pct(d['best_val_acc'])} at epoch {d['best_epoch']}.",
+            _figs(rd, "02_training_curves.png"), src)
+
+
+def finding_03(rd: Path, m: dict):
+    d, src = _json(rd, "03_optuna.json")
+    if not d:
+        return None
+    s = d.get("search", {})
+    text = (f"{d['n_trials']} Optuna trials ({d['n_pruned']} pruned), each {s.get('epochs_per_trial')} epochs on "
+            f"{s.get('train_fraction', 1):.0%} of Training, scored on PublicTest: the best reached "
+            f"{_pct(d['best_value'])} (trial {d['best_trial']})")
+    proxy = " at that short budget (whether it holds at the full budget: the README's tuning table)"
+    default = d.get("default_trial") or {}
+    if default.get("value") is not None:
+        gain = 100 * (d["best_value"] - default["value"])
+        text += f", {gain:+.2f} points over the untuned default recipe" + proxy
+    return text + ".", _figs(rd, "03_optimization_history.png", "03_param_importances.png"), src
+
+
+def finding_04(rd: Path, m: dict):
+    d, folder = _metrics(rd)
+    if not d:
+        return None
+    t = d["test"]["plain"]
+    text = (f"On PrivateTest, scored once: {_pct(t['accuracy'])} accuracy (95% CI {_pct(t['accuracy_ci95'][0])} to "
+            f"{_pct(t['accuracy_ci95'][1])}), macro F1 {t['macro_f1']:.3f}, calibration error {t['ece']:.3f}")
+    tta = [f"{mode} {_pct(v['accuracy'])}" for mode, v in d["test"].items() if mode != "plain"]
+    text += (f"; with test-time augmentation: {', '.join(tta)}." if tta else ".")
+    report = t.get("report") or {}  # scikit-learn's classification_report, per class
+    recalls = {k: v["recall"] for k, v in report.items() if k in d.get("class_names", []) and "recall" in v}
+    if recalls:
+        lo, hi = min(recalls, key=recalls.get), max(recalls, key=recalls.get)
+        text += f" Recall ranges from {recalls[lo]:.0%} ({lo}) to {recalls[hi]:.0%} ({hi})."
+    return text, _figs(rd, f"{folder}/confusion_test_normalized.png"), f"{folder}/metrics.json"
+
+
+def finding_05(rd: Path, m: dict):
+    v, src = _json(rd, "05_video.json")
+    s, _ = _json(rd, "05_smoothers.json")
+    if not v:
+        return None
+    text = (f"The overlay ran at {v['fps']:.1f} frames per second, {v['realtime_factor']:.2f}x real time, on "
+            f"{Path(str(v['source'])).name} ({v['frames']} frames, {v['tracks']} face tracks)")
+    chosen = (v.get("config") or {}).get("smoother") or ""
+    rows = (s or {}).get("rows", [])
+    row = next((r for r in rows if r["smoother"].split(" ")[0] == chosen), None)
+    raw = next((r for r in rows if r["smoother"] == "raw"), None)
+    if row and raw:
+        split = {"test": "PrivateTest", "val": "PublicTest"}.get(s.get("split"), s.get("split"))
+        n_faces = (s.get("stream") or {}).get("n_runs")
+        text += (f". On a labelled stream of {n_faces} {split} faces its {chosen} smoother cuts label switches "
+                 f"{row['switch_cut']:.1f}x, per-frame accuracy {_pct(raw['accuracy'])} raw and "
+                 f"{_pct(row['accuracy'])} shown, median delay {row['median_delay']:g} frames")
+        if n_faces and n_faces < FACES_TO_JUDGE:
+            text += " (too few faces to judge a smoother: a smoke run shows that the code runs)"
+    return text + ".", _figs(rd, "05_speed.png", "05_stream_labels.png"), src
+
+
+FINDINGS = {"01": finding_01, "02": finding_02, "03": finding_03, "04": finding_04, "05": finding_05}
+
+
+def headline(rd: Path, m: dict):
+    """(sentence, published-results rows) from notebook 04's files, or None."""
+    d, folder = _metrics(rd)
+    if not d:
+        return None
+    t = d["test"]["plain"]
+    lo, hi = t["accuracy_ci95"]
+    text = (f"`{d['model_name']}` scores {_pct(t['accuracy'])} on PrivateTest (95% CI {_pct(lo)} to {_pct(hi)}), "
+            f"trained on Training, its checkpoint chosen on PublicTest, PrivateTest read once at the end.")
+    rows = []
+    table = rd / folder / "published_results.csv"
+    if table.exists():
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f))
+    return text, rows
+
+
+# ----------------------------------------------------------------------------- the page
+
+def _provenance(m: dict) -> list[tuple[str, str]]:
+    data, git, env = m.get("data", {}), m.get("git", {}), m.get("environment", {})
+    flags = ", ".join(env.get("cpu_flags") or []) or ("bf16" if env.get("cpu_bf16") else "")
+    facts = [("run", f"{m['run']} (profile {m['profile']}), {m['status']}"),
+             ("code", f"commit {str(git.get('commit'))[:12]}" + (" with uncommitted changes" if git.get("dirty") else "")),
+             ("data", f"{data.get('kind')}: {Path(str(data.get('source'))).name if data.get('source') else 'synthetic faces'}"
+                      f", sha256 {str(data.get('sha256'))[:16]}..."),
+             ("machine", f"{env.get('cpu')}, {env.get('cpu_count')} cores, torch {env.get('torch_threads')} threads"
+                         + (f" ({flags})" if flags else "") + f", {env.get('device')}"),
+             ("started", f"{m['start']}, {m['wall_s']} s in all")]
+    if m.get("code_changed"):
+        facts.append(("code changed during the run", ", ".join(m["code_changed"])))
+    if m.get("error"):
+        facts.append(("error", m["error"]))
+    return facts
+
+
+def build(report_dir, manifest: dict) -> tuple[str, str]:
+    """(index.md, index.html) for a finished or failed run."""
+    rd, m, e = Path(report_dir), manifest, html.escape
+    synthetic = m.get("data", {}).get("kind") == "synthetic"
+    warn = ("SYNTHETIC DATA, NOT FER-2013. These numbers only show that the pipeline runs; rerun with "
+            "`fer study --data path/to/archive.zip`.") if synthetic else ""
+    head = headline(rd, m)
+    found = []
+    for nb in m["notebooks"]:
+        f = FINDINGS.get(nb["name"][:2])
+        got = f(rd, m) if f and nb["status"] == "ok" else None
+        found.append((nb, got))
+
+    md = [f"# FER-2013 study: {m['run']}", ""] + ([f"> **{warn}**", ""] if warn else [])
+    if head:
+        md += [head[0], ""]
+        if head[1]:
+            md += ["| " + " | ".join(head[1][0]) + " |", "|" + "---|" * len(head[1][0])]
+            md += ["| " + " | ".join(r) + " |" for r in head[1][1:]] + [""]
+    md += ["## What each notebook found", ""]
+    for nb, got in found:
+        line = got[0] if got else f"({nb['status']}; no summary file)"
+        md += [f"**[{nb['name']}]({nb['html']})** ({nb.get('wall_s', '?')} s). {line}", ""]
+        md += [f"![{fig}]({fig})" for fig in (got[1] if got else [])] + ([""] if got and got[1] else [])
+    md += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in _provenance(m)]
+    md += ["- every parameter, package version and seed: [manifest.json](manifest.json)", ""]
+
+    code = lambda s: re.sub(r"`([^`]+)`", r"<code>\1</code>", e(s))  # noqa: E731
+    page = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>FER-2013 study: {e(m['run'])}</title>",
+            "<style>body{font-family:system-ui,sans-serif;max-width:62em;margin:2em auto;padding:0 1em;"
+            "line-height:1.45;color:#222}h1{margin-bottom:.2em}.lead{font-size:1.25em}table{border-collapse:collapse;"
+            "margin:.6em 0}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"
+            ".warn{background:#fdd;padding:1em;font-weight:bold}section{margin:1.6em 0;padding-top:.4em;"
+            "border-top:1px solid #eee}figure{display:inline-block;margin:.4em 1em .4em 0}figure img{max-width:29em;"
+            "width:100%;height:auto;border:1px solid #eee}.prov td:first-child{color:#666;white-space:nowrap}"
+            "</style>", f"<h1>FER-2013 study: {e(m['run'])}</h1>"]
+    if warn:
+        page.append(f"<p class='warn'>{code(warn)}</p>")
+    if head:
+        page.append(f"<p class='lead'>{code(head[0])}</p>")
+        if head[1]:
+            page.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in head[1][0]) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in head[1][1:]) + "</table>")
+    page.append("<h2>What each notebook found</h2>")
+    for nb, got in found:
+        link = f"<a href='{e(nb['html'])}'>{e(nb['name'])}</a>"
+        text = code(got[0]) if got else e(f"({nb['status']}; no summary file)")
+        figs = "".join(f"<figure><a href='{e(nb['html'])}'><img src='{e(f)}' alt='{e(f)}'></a></figure>"
+                       for f in (got[1] if got else []))
+        page.append(f"<section><h3>{link} <small>({e(str(nb.get('wall_s', '?')))} s, {e(nb['status'])})</small></h3>"
+                    f"<p>{text}</p>{figs}</section>")
+    page.append("<h2>Provenance</h2><table class='prov'>" + "".join(
+        f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in _provenance(m)) +
+        "<tr><td>everything else</td><td>every parameter, package version and seed: "
+        "<a href='manifest.json'>manifest.json</a></td></tr></table></html>")
+    return "\n".join(md) + "\n", "\n".join(page) + "\n"
+
+
+def write_index(report_dir, manifest: dict) -> None:
+    """Write index.md and index.html into report_dir."""
+    md, page = build(report_dir, manifest)
+    write_atomic(Path(report_dir) / "index.md", md)
+    write_atomic(Path(report_dir) / "index.html", page)
+
+
+def reindex(report_dir) -> list[str]:
+    """Rebuild a finished run's front page: paths made relative, executed notebooks tidied (study.tidy_outputs)
+    and their pages re-rendered, the index rewritten. Returns the files whose paths changed."""
+    from .errors import UserError
+    from .study import render_html, tidy_notebook
+    rd = Path(report_dir)
+    if not (rd / "manifest.json").is_file():
+        raise UserError(f"--reindex {rd}: no manifest.json there (not a fer study report)")
+    root = run_root(json.loads((rd / "manifest.json").read_text()))
+    changed = relativize_report(rd, root) if root else []
+    for nb in sorted(rd.glob("[0-9][0-9]_*.ipynb")):
+        if tidy_notebook(nb) or nb.relative_to(rd).as_posix() in changed or not nb.with_suffix(".html").exists():
+            render_html(nb, nb.with_suffix(".html"))
+    write_index(rd, json.loads((rd / "manifest.json").read_text()))
+    return changed

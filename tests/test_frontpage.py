@@ -1,0 +1,81 @@
+"""The study's front page, built from the committed full study's own files, and paths made relative."""
+import json
+import re
+from pathlib import Path
+
+from fer_lib.frontpage import build, relative_paths, relativize_report
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = ROOT / "reports" / "full-real"
+ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:work|root|home|tmp|Users|mnt|opt|var)/|[A-Z]:\\\\")
+
+
+def test_the_front_page_reads_its_numbers_from_the_run():
+    manifest = json.loads((FULL / "manifest.json").read_text())
+    md, page = build(FULL, manifest)
+    metrics = json.loads(next(FULL.glob("*/metrics.json")).read_text())
+    plain = metrics["test"]["plain"]
+    lead = md.split("\n\n")[1]
+    assert f"{100 * plain['accuracy']:.2f}% on PrivateTest" in lead and metrics["model_name"] in lead
+    assert f"{100 * plain['accuracy_ci95'][0]:.2f}%" in lead and "chosen on PublicTest" in lead
+    assert "| Challenge winner, Tang 2013 (CNN + linear SVM) | 71.16% |" in md   # published results beside it
+    train = json.loads((FULL / "02_train_cnn.json").read_text())
+    assert f"{100 * train['best_val_acc']:.2f}% at epoch {train['best_epoch']}" in md
+    for nb in manifest["notebooks"]:   # one finding per notebook, linked, with its figure(s), all present
+        assert f"**[{nb['name']}]({nb['name']}.html)**" in md
+    figures = re.findall(r"<img src='([^']+)'", page)
+    assert len(figures) >= 5 and all((FULL / f).is_file() for f in figures)
+    assert not ABSOLUTE.search(md) and not ABSOLUTE.search(page)
+
+
+def test_no_machine_path_in_any_committed_report():
+    found = []
+    for path in sorted((ROOT / "reports").rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".md", ".html", ".ipynb", ".csv", ".txt"):
+            for m in ABSOLUTE.finditer(path.read_text(errors="replace")):
+                found.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert not found, found[:10]
+
+
+def test_relative_paths(tmp_path):
+    root = "/w/fullrun"
+    text = ('{"h5": "/w/fullrun/runs/study/x.h5", "src": "/w/shared/fer2013/archive.zip", "root": "/w/fullrun", '
+            '"other": "/w/fullrun2/y", "keep": "/opt/elsewhere"}')
+    assert relative_paths(text, root) == ('{"h5": "runs/study/x.h5", "src": "../shared/fer2013/archive.zip", '
+                                          '"root": ".", "other": "../fullrun2/y", "keep": "/opt/elsewhere"}')
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "a.json").write_text(f'["{tmp_path}/runs/a"]')
+    (tmp_path / "r" / "b.png").write_bytes(str(tmp_path).encode())   # figures are not rewritten
+    assert relativize_report(tmp_path / "r", tmp_path) == ["a.json"]
+    assert (tmp_path / "r" / "a.json").read_text() == '["runs/a"]'
+
+
+def test_committed_notebook_reports_have_no_blank_outputs():
+    """A progress bar that cleared itself is drawn by JupyterLab as an empty stripe; none is kept."""
+    import nbformat
+    for path in sorted((ROOT / "reports").rglob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        blank = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
+                 if o.output_type == "stream" and not o.text.strip()]
+        assert not blank, f"{path.relative_to(ROOT)}: blank outputs in cells {blank}"
+        bars = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", []) if "\r" in o.get("text", "")]
+        assert not bars, f"{path.relative_to(ROOT)}: unresolved carriage returns in cells {bars}"
+
+
+def test_tidy_outputs_keeps_what_a_terminal_shows():
+    import nbformat
+    from fer_lib.study import tidy_outputs
+    out = nbformat.v4.new_output
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [out("stream", name="stdout", text="plan: 2 epochs\n"),
+                    out("stream", name="stderr", text="\repoch 1:  50%|##   |"), out("stream", name="stderr",
+                                                                                  text="\repoch 1: 100%|#####|"),
+                    out("stream", name="stderr", text="\r" + " " * 20 + "\r"),
+                    out("stream", name="stdout", text="epoch 1 acc 0.5\n"),
+                    out("stream", name="stderr", text="\r   \r"),
+                    out("stream", name="stdout", text="epoch 2 acc 0.6\n"),
+                    out("execute_result", data={"text/plain": "42"}, execution_count=1)]
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert tidy_outputs(nb) == 6
+    assert [(o.output_type, o.get("text")) for o in cell.outputs] == [
+        ("stream", "plan: 2 epochs\nepoch 1 acc 0.5\nepoch 2 acc 0.6\n"), ("execute_result", None)]
