@@ -1,4 +1,4 @@
-# make setup | test | study-smoke | study | nbval-refs | benchmarks
+# make setup | test | lint | study-smoke | study | nbval-refs | benchmarks
 # Everything runs from the repo's own venv (.venv); only python3 (>= 3.10) is needed beforehand.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_ARGS ?=
 DATA ?= ../shared/fer2013/archive.zip
 
-.PHONY: setup test study-smoke study nbval-refs benchmarks
+.PHONY: setup test lint study-smoke study nbval-refs benchmarks
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/pytest
 	$(BIN)/pytest --nbval-lax tests/nbval
+
+# ruff: pyflakes and pycodestyle (pyproject.toml [tool.ruff]) over the package, tests, benchmarks and notebooks.
+lint: setup
+	$(BIN)/ruff check .
 
 # All five notebooks, smoke-sized: on FER-2013 when $(DATA) exists, else on synthetic faces (it says so loudly).
 study-smoke: setup

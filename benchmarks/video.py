@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fer_lib.models import LIVE_MODEL  # noqa: E402 (after the path, so that a fresh clone finds fer_lib)
+
 # Shown relative to where it runs: the printed output lands in reports/, which holds no machine's paths.
 DEFAULT_VIDEO = os.path.relpath(ROOT.parent / "shared" / "video" / "Megamind.avi")
 DEFAULT_CHECKPOINT = os.path.relpath(ROOT / LIVE_MODEL)

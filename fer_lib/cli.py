@@ -2,7 +2,7 @@
 
     fer preprocess SOURCE --out data/fer2013.h5
     fer train --data data/fer2013.h5 --model vgg_small
-    fer tune | evaluate | predict | video | study ...   (fer SUBCOMMAND --help)
+    fer tune | evaluate | predict | video | stream | synthetic | study | report ...   (fer SUBCOMMAND --help)
 """
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ COMMANDS = {
     "evaluate": ("fer_lib.evaluate", "metrics, calibration and figures for a checkpoint"),
     "predict": ("fer_lib.predict", "emotions of the faces in photos and folders"),
     "video": ("fer_lib.video", "emotion overlay on a video file or webcam"),
+    "stream": ("fer_lib.stream", "score the label smoothers on a labelled face stream"),
+    "synthetic": ("fer_lib.synthetic", "write procedural FER-shaped faces to an HDF5 file"),
     "study": ("fer_lib.study", "run notebooks 01-05 with papermill and render reports"),
+    "report": ("fer_lib.report", "regenerate a README block from the committed runs"),
 }
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-from .progress import bar
 
 from .errors import UserError, check_output_path
-from .report import write_atomic
+from .io import write_atomic
+from .progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def _read_csv(path: Path, progress: bool) -> dict:
             labels.append(label)
             names.append(f"{path.name}:{lineno}")
     _check_nonempty(path, {s: len(out[s][0]) for s in SPLITS})
-    return {s: (np.stack(i), np.asarray(l, np.int8), n) for s, (i, l, n) in out.items()}
+    return {s: (np.stack(i), np.asarray(y, np.int8), n) for s, (i, y, n) in out.items()}
 
 
 # ----------------------------------------------------------------------------- any source

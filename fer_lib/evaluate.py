@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: PublicTest and PrivateTest reported separately, with a bootstrap
 interval, per-class metrics, calibration, test-time augmentation and pictures.
 
-    fer evaluate --checkpoint models/vgg_small_fer2013.pt --data data/fer2013.h5
+    fer evaluate --checkpoint models/vgg_small_kd_fer2013.pt --data data/fer2013.h5
     fer evaluate --checkpoint runs/vgg_small/best.pt --data data/fer2013.h5 --tta flip,tencrop --bootstrap 1000
 
 Writes metrics.json and the figures into reports/<checkpoint stem>/ (or --out). The
@@ -11,6 +11,8 @@ nothing here picks anything by looking at "test".
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,18 +21,25 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
-from torch import nn
-from .progress import bar
 
 from .data import SPLIT_USAGE, load_split, read_info, source_sha256
 from .errors import check_output_path
+from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .io import read_config, write_atomic
+from .metrics import (ECE_BINS, average_proba, compute_metrics, expected_calibration_error, fit_temperature,
+                      negative_log_likelihood)
 from .models import load_model
-from .report import write_atomic
+from .progress import bar
 
 TTA_MODES = ("flip", "tencrop")
+
+
+@dataclass
+class EvalConfig:
+    tta: str = "none"                 # test-time augmentation: none | flip | tencrop | flip,tencrop
+    n_bootstrap: int = 1000           # bootstrap resamples for the accuracy interval (0: none)
+    seed: int = 0                     # bootstrap seed
 EVAL_SPLITS = ("val", "test")  # PublicTest, PrivateTest: Training is never scored here
-ECE_BINS = 15
 
 
 # ----------------------------------------------------------------------------- test-time augmentation
@@ -83,120 +92,6 @@ def predict_logits(clf, faces, mode: str = "plain") -> np.ndarray:
     cropped = clf.input_size < 48
     views = tta_views(faces, mode, crop=clf.input_size if cropped else 44, resize=not cropped)
     return np.stack([clf.predict_logits(v).numpy() for v in views])
-
-
-def average_proba(logits, temperature: float = 1.0) -> np.ndarray:
-    """(V, N, C) or (N, C) logits -> (N, C): softmax(logits / T) averaged over the views."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    z = z[None] if z.ndim == 2 else z
-    return torch.softmax(z / temperature, -1).mean(0).numpy()
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def normalize_rows(cm) -> np.ndarray:
-    """Row-normalized confusion matrix (recall per true class); empty rows stay zero."""
-    cm = np.asarray(cm, dtype=np.float64)
-    rows = cm.sum(1, keepdims=True)
-    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-
-
-def bootstrap_accuracy_ci(correct, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> list:
-    """Percentile bootstrap interval of the mean of `correct` (N,) 0/1, resampling faces."""
-    correct = np.asarray(correct, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(correct), size=(n_bootstrap, len(correct)))
-    return np.quantile(correct[idx].mean(1), [(1 - level) / 2, (1 + level) / 2]).tolist()
-
-
-def reliability_bins(proba, y, n_bins: int = ECE_BINS) -> dict:
-    """Equal-width confidence bins ((k-1)/M, k/M]: count, mean confidence and accuracy per bin."""
-    proba, y = np.asarray(proba), np.asarray(y)
-    conf, correct = proba.max(1), (proba.argmax(1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.searchsorted(edges[1:-1], conf, side="left")  # a confidence on an edge joins the lower bin
-    count = np.bincount(b, minlength=n_bins).astype(np.float64)
-    mean = lambda v: np.divide(np.bincount(b, v, n_bins), count, out=np.zeros(n_bins), where=count > 0)  # noqa: E731
-    return {"edges": edges, "count": count, "confidence": mean(conf), "accuracy": mean(correct)}
-
-
-def expected_calibration_error(proba, y, n_bins: int = ECE_BINS) -> float:
-    """ECE = sum over bins of (bin size / N) * |accuracy - mean confidence| (Guo et al. 2017)."""
-    r = reliability_bins(proba, y, n_bins)
-    return float(np.sum(r["count"] / r["count"].sum() * np.abs(r["accuracy"] - r["confidence"])))
-
-
-def negative_log_likelihood(proba, y) -> float:
-    proba, y = np.asarray(proba), np.asarray(y)
-    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None)).mean())
-
-
-def compute_metrics(y_true, proba, class_names, n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Accuracy with its 95% bootstrap interval, macro-F1, scikit-learn's per-class report,
-    the confusion matrix (counts and row-normalized), ECE and NLL of probabilities (N, C)."""
-    y_true, proba = np.asarray(y_true).astype(np.int64), np.asarray(proba)
-    if proba.ndim != 2 or proba.shape != (len(y_true), len(class_names)):
-        raise ValueError(f"proba {proba.shape} does not match {len(y_true)} labels x {len(class_names)} classes")
-    labels = list(range(len(class_names)))
-    y_pred = proba.argmax(1)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    return {
-        "n": len(y_true),
-        "accuracy": float((y_pred == y_true).mean()),
-        "accuracy_ci95": bootstrap_accuracy_ci(y_pred == y_true, n_bootstrap, seed) if n_bootstrap else None,
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "report": classification_report(y_true, y_pred, labels=labels, target_names=list(class_names),
-                                        output_dict=True, zero_division=0),
-        "confusion": cm.tolist(),
-        "confusion_normalized": normalize_rows(cm).tolist(),
-        "ece": expected_calibration_error(proba, y_true),
-        "nll": negative_log_likelihood(proba, y_true),
-    }
-
-
-def fit_temperature(logits_val, y_val, max_iter: int = 100) -> float:
-    """The T minimizing the NLL of softmax(logits / T) (averaged over views when (V, N, C)),
-    by L-BFGS on log T. Give it PublicTest logits only: T is a fitted parameter."""
-    z = torch.as_tensor(np.asarray(logits_val), dtype=torch.float64)
-    z = z[None] if z.ndim == 2 else z  # (V, N, C)
-    y = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        # log of the view-averaged probability, computed stably: logsumexp_v log_softmax - log V
-        logp = torch.logsumexp(torch.log_softmax(z / log_t.exp(), -1), 0) - np.log(len(z))  # (N, C)
-        loss = F.nll_loss(logp, y)
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
-# ----------------------------------------------------------------------------- Grad-CAM
-
-def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM (Selvaraju et al. 2017) on the last nn.Conv2d: maps (N, 48, 48) in [0, 1] for
-    class `target` (default: the predicted one), and the probabilities (N, C)."""
-    model = clf.model
-    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-    acts = []
-    handle = conv.register_forward_hook(lambda m, i, out: acts.append(out))  # (N, K, h, w)
-    x = clf.preprocess(faces)  # (N, 1, s, s): the centre crop for a crop-trained model
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-            tgt = logits.argmax(1) if target is None else torch.as_tensor(target).long()
-            grads, = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts[0])
-    finally:
-        handle.remove()
-    weights = grads.mean((2, 3), keepdim=True)  # (N, K, 1, 1): each channel's importance
-    cam = F.relu((weights * acts[0]).sum(1, keepdim=True)).detach()  # (N, 1, h, w)
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
-    pad = (48 - cam.shape[-1]) // 2  # back onto the 48x48 face; the border outside the crop is 0
-    cam = F.pad(cam, (pad, 48 - cam.shape[-1] - pad, pad, 48 - cam.shape[-2] - pad))
-    return cam.numpy(), torch.softmax(logits.detach(), 1).numpy()
 
 
 # ----------------------------------------------------------------------------- tables
@@ -256,6 +151,15 @@ def training_summary(history) -> dict | None:
             "median_epoch_s": round(float(np.median(times)), 1) if times else None}
 
 
+def _portable(config: dict | None) -> dict | None:
+    """The training config with its absolute paths written relative to the working folder: the
+    metrics.json of a committed model must not carry the path of the machine that trained it."""
+    if not config:
+        return config
+    return {k: os.path.relpath(v) if k in ("data", "out", "teacher") and isinstance(v, str) and os.path.isabs(v)
+            else v for k, v in config.items()}
+
+
 def _plain(o):
     """json.dumps fallback for numpy scalars and arrays."""
     return o.item() if isinstance(o, np.generic) else o.tolist()
@@ -286,7 +190,7 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
         "data": str(h5), "data_sha256": source_sha256(h5), "data_source_sha256": info["source_sha256"],
         "synthetic_data": info["synthetic"], "model_name": clf.meta.get("model_name"),
         "model_args": clf.meta.get("model_args"), "checkpoint_epoch": clf.meta.get("epoch"),
-        "train_config": clf.meta.get("config"), "training": training_summary(clf.meta.get("history")),
+        "train_config": _portable(clf.meta.get("config")), "training": training_summary(clf.meta.get("history")),
         "class_names": clf.class_names, "splits": {s: SPLIT_USAGE[s] for s in EVAL_SPLITS},
         "tta": list(modes[1:]), "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ECE_BINS, "temperature": temps,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -338,16 +242,16 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by fer train")
     p.add_argument("--data", default="data/fer2013.h5", help="HDF5 written by fer preprocess")
     p.add_argument("--out", help="folder for metrics.json and figures (default reports/<checkpoint stem>)")
-    p.add_argument("--tta", default="none", help="comma list of flip,tencrop, or none")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the accuracy CI (0: none)")
+    p.add_argument("--config", help="a profile (configs/profiles/full.yaml): its `evaluate` section")
+    add_dataclass_arguments(p, EvalConfig, flags={"n_bootstrap": "--bootstrap"})
     p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
 def run(args) -> int:
+    cfg = dataclass_from_arguments(args, EvalConfig, read_config(args.config).get("evaluate", {}) if args.config else {})
     out = Path(args.out) if args.out else report_dir_for(args.checkpoint)
-    m = evaluate_checkpoint(args.checkpoint, args.data, out, tta=args.tta, n_bootstrap=args.bootstrap,
-                            temperature=not args.no_temperature, seed=args.seed)
+    m = evaluate_checkpoint(args.checkpoint, args.data, out, tta=cfg.tta, n_bootstrap=cfg.n_bootstrap,
+                            temperature=not args.no_temperature, seed=cfg.seed)
     print(summary_table(m).to_string(float_format="%.4f"))
     if m["temperature"]:
         print("temperature fitted on PublicTest: " + ", ".join(f"{k} {t:.3f}" for k, t in m["temperature"].items()))

@@ -12,10 +12,14 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
 import re
 from pathlib import Path
 
-from .report import write_atomic
+import nbformat
+
+from .errors import UserError
+from .io import write_atomic
 from .stream import FACES_TO_JUDGE
 
 TEXT_SUFFIXES = (".json", ".md", ".html", ".ipynb", ".csv", ".txt")
@@ -52,6 +56,61 @@ def run_root(manifest: dict):
         return manifest["root"]
     rd = manifest.get("report_dir") or ""
     return str(Path(rd).parents[1]) if Path(rd).is_absolute() and len(Path(rd).parts) > 2 else None
+
+
+# ----------------------------------------------------------------------------- executed notebooks
+
+# stderr that reports no trouble of the run: tqdm's notice that ipywidgets is absent (text bars are what a
+# saved notebook wants; fer_lib silences it since 2026-11-27, runs before that still carry it)
+NOISE = ("TqdmWarning: IProgress not found",)
+
+
+def _noise(o) -> bool:
+    return o.name == "stderr" and any(n in o.text for n in NOISE) and len(o.text.strip().splitlines()) <= 3
+
+
+def tidy_outputs(nb) -> int:
+    """Keep what a terminal would show: consecutive stream outputs merged, each line's carriage-return
+    rewrites resolved (a progress bar leaves its last state), and outputs left blank (bars that cleared
+    themselves, drawn as empty stripes) or holding only a known harmless notice (NOISE) dropped. Changes nb
+    in place; returns how many outputs went."""
+    before = sum(len(c.get("outputs", [])) for c in nb.cells)
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for _ in range(2):  # again once the blanks between two outputs of one stream are gone
+            merged = []
+            for o in c.outputs:
+                if (o.output_type == "stream" and merged and merged[-1].output_type == "stream"
+                        and merged[-1].name == o.name):
+                    merged[-1].text += o.text
+                else:
+                    merged.append(o)
+            for o in merged:
+                if o.output_type == "stream":
+                    o.text = "\n".join(line.rsplit("\r", 1)[-1] for line in o.text.split("\n"))
+            c.outputs = [o for o in merged if o.output_type != "stream" or (o.text.strip() and not _noise(o))]
+    return before - sum(len(c.get("outputs", [])) for c in nb.cells)
+
+
+def tidy_notebook(path) -> bool:
+    """tidy_outputs on an executed notebook file; rewritten (and True) only if that changed something."""
+    nb = nbformat.read(str(path), as_version=4)
+    old = nbformat.writes(nb)
+    tidy_outputs(nb)
+    new = nbformat.writes(nb)
+    if new != old:
+        write_atomic(path, new + "\n")
+    return new != old
+
+
+def render_html(ipynb: Path, out: Path) -> None:
+    """The reader's version: outputs and narrative, code hidden."""
+    from nbconvert import HTMLExporter
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # per-figure "alternative text is missing" warnings
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_filename(str(ipynb))
+    write_atomic(out, body)
 
 
 # ----------------------------------------------------------------------------- what each notebook found
@@ -271,8 +330,6 @@ def write_index(report_dir, manifest: dict) -> None:
 def reindex(report_dir) -> list[str]:
     """Rebuild a finished run's front page: paths made relative, executed notebooks tidied (study.tidy_outputs)
     and their pages re-rendered, the index rewritten. Returns the files whose paths changed."""
-    from .errors import UserError
-    from .study import render_html, tidy_notebook
     rd = Path(report_dir)
     if not (rd / "manifest.json").is_file():
         raise UserError(f"--reindex {rd}: no manifest.json there (not a fer study report)")

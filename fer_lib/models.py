@@ -9,11 +9,11 @@ logits; the loss lives in training.
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -209,8 +209,9 @@ def summarize_models(names=None, **kwargs) -> list[dict]:
 # ----------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_VERSION = 1
-# The live model (issue 12): what `fer video`, `fer predict` and notebook 05 use unless told otherwise.
-LIVE_MODEL = "models/vgg_small_fer2013.pt"
+# The live model: what `fer video`, `fer predict` and notebooks 04/05 use unless told otherwise. vgg_small
+# distilled from the accurate vgg: it beat vgg_small trained alone on PublicTest (README, distillation).
+LIVE_MODEL = "models/vgg_small_kd_fer2013.pt"
 
 
 CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict", "mean", "std", "class_names")
@@ -308,3 +309,29 @@ def load_model(path) -> Classifier:
     model = model_from_checkpoint(ckpt).to(memory_format=torch.channels_last)
     meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version")}
     return Classifier(model, ckpt["mean"], ckpt["std"], ckpt["class_names"], meta)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM (Selvaraju et al. 2017) on the last nn.Conv2d: maps (N, 48, 48) in [0, 1] for
+    class `target` (default: the predicted one), and the probabilities (N, C)."""
+    model = clf.model
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    acts = []
+    handle = conv.register_forward_hook(lambda m, i, out: acts.append(out))  # (N, K, h, w)
+    x = clf.preprocess(faces)  # (N, 1, s, s): the centre crop for a crop-trained model
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            tgt = logits.argmax(1) if target is None else torch.as_tensor(target).long()
+            grads, = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts[0])
+    finally:
+        handle.remove()
+    weights = grads.mean((2, 3), keepdim=True)  # (N, K, 1, 1): each channel's importance
+    cam = F.relu((weights * acts[0]).sum(1, keepdim=True)).detach()  # (N, 1, h, w)
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    pad = (48 - cam.shape[-1]) // 2  # back onto the 48x48 face; the border outside the crop is 0
+    cam = F.pad(cam, (pad, 48 - cam.shape[-1] - pad, pad, 48 - cam.shape[-2] - pad))
+    return cam.numpy(), torch.softmax(logits.detach(), 1).numpy()

@@ -10,13 +10,15 @@ Each function returns a matplotlib Figure; notebooks show it and save it to repo
 """
 from __future__ import annotations
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from .data import CLASS_NAMES, SPLIT_USAGE, pixel_counts
-from .evaluate import ECE_BINS, expected_calibration_error, grad_cam, normalize_rows, reliability_bins
+from .metrics import ECE_BINS, expected_calibration_error, normalize_rows, reliability_bins
+from .models import grad_cam
 
 
 def plot_class_balance(info: dict):
@@ -166,3 +168,78 @@ def plot_saliency(clf, faces, y_true, per_class: int = 3, title: str = "Grad-CAM
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- notebook 05: video and stream
+
+def plot_frame_strip(video_path, n: int = 4, cols: int = 2, frame_width: float = 5.5):
+    """n evenly spaced frames of a video (the first and last left out: often black), `cols` to a row,
+    each frame_width inches wide: about as large as the clip itself, so that the labels can be read."""
+    cap = cv2.VideoCapture(str(video_path))
+    total, w, h = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
+                                             cv2.CAP_PROP_FRAME_HEIGHT))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * frame_width, rows * (frame_width * h / w + 0.3)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, np.linspace(0, total - 1, n + 2)[1:-1].round().astype(int)):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+        ok, frame = cap.read()
+        if ok:
+            ax.imshow(frame[..., ::-1])
+        ax.set_title(f"frame {i}", fontsize=10)
+    cap.release()
+    fig.tight_layout()
+    return fig
+
+
+def plot_timeline(records: list, class_names, max_tracks: int = 3):
+    """Per track (the longest ones): each class's raw probability (thin) and smoothed one (thick)."""
+    df = pd.DataFrame(records)
+    tracks = sorted(df["track_id"].value_counts().index[:max_tracks]) if len(df) else []
+    fig, axes = plt.subplots(max(len(tracks), 1), 1, figsize=(11, 2.4 * max(len(tracks), 1)), sharex=True,
+                             squeeze=False)
+    for ax, tid in zip(axes[:, 0], tracks):
+        d = df[df["track_id"] == tid]
+        for c, name in enumerate(class_names):
+            ax.plot(d["time_s"], d[f"p_{c}"], color=plt.cm.tab10(c), lw=0.7, alpha=0.5)
+            ax.plot(d["time_s"], d[f"s_{c}"], color=plt.cm.tab10(c), lw=2, label=name)
+        ax.set_ylabel(f"track #{tid}")
+        ax.set_ylim(0, 1)
+    if not tracks:
+        axes[0, 0].text(0.5, 0.5, "no faces detected", ha="center", transform=axes[0, 0].transAxes)
+    axes[0, 0].legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.35))
+    axes[-1, 0].set_xlabel("time (s); thin: raw, thick: smoothed")
+    fig.tight_layout()
+    return fig
+
+
+def plot_stream_labels(truth, shown: dict, fps: float, class_names, frames: int = 480):
+    """The true label per frame and what each smoother shows (shown: {name: labels per frame},
+    e.g. fer_lib.stream.shown_sequences) over the first frames: flicker, seen."""
+    n = min(frames, len(truth))
+    t = np.arange(n) / fps
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    ax.step(t, np.asarray(truth)[:n], where="post", color="k", lw=3, alpha=0.35, label="truth")
+    for i, (label, labels) in enumerate(shown.items()):
+        ax.step(t, np.asarray(labels)[:n] + 0.1 * (i + 1), where="post", lw=1, label=label)  # offset: no hiding
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("time (s)")
+    ax.legend(ncol=len(shown) + 1, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.2))
+    fig.tight_layout()
+    return fig
+
+
+def plot_stage_times(result: dict):
+    """Milliseconds per frame of each pipeline stage (wall clock and CPU), against the 2x real-time budget."""
+    df = pd.DataFrame({"wall clock": {**result["stage_s"], "total": result["wall_s"]},
+                       "CPU (all threads)": {**result["stage_cpu_s"], "total": result["cpu_s"]}})
+    df *= 1000 / max(result["frames"], 1)
+    ax = df.plot.barh(figsize=(8, 3))
+    ax.axvline(1000 / (2 * result["source_fps"]), color="r", ls="--", label="total's budget for 2x real time")
+    ax.set_xlabel("ms per frame")
+    ax.legend(fontsize=8)
+    ax.invert_yaxis()
+    ax.figure.tight_layout()
+    return ax.figure

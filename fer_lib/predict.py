@@ -21,11 +21,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from .progress import bar
 
 from .errors import UserError, check_output_path
+from .io import write_atomic
 from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
-from .report import write_atomic
+from .progress import bar
 from .video import create_detector, crop_face, draw_face_label
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -1,7 +1,9 @@
-"""What a study run tells its readers: atomic writes, provenance for the manifest, the README's
-generated blocks (the front page is fer_lib.frontpage).
+"""What a study run tells its readers: provenance for the manifest, and the README's generated blocks
+(the front page is fer_lib.frontpage).
 
-    python -m fer_lib.report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
+    fer report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
+    fer report tuning --search reports/full-real/03_optuna.json 'untuned=...metrics.json' ...
+    fer report ablation RUN_DIR...            # the first run is the reference
 
 Every number in a README block is read from files the runs wrote, never typed in.
 """
@@ -9,103 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
-import re
 import shlex
 import subprocess
-import sys
-import uuid
-from importlib import metadata
 from pathlib import Path
 
+from .errors import UserError
+from .evaluate import training_summary
+from .io import write_atomic
+from .models import count_macs, count_params, create_model
+from .train import TrainConfig, model_kwargs
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("fer_lib", "torch", "numpy", "h5py", "opencv-python-headless", "optuna", "scikit-learn",
-            "matplotlib", "seaborn", "pandas", "papermill", "nbconvert", "nbformat", "nbclient",
-            "ipykernel", "nbval", "tqdm")
+DEFAULT_CONFIG = "configs/profiles/full.yaml"  # the live model's recipe: the full profile's train section
+DEFAULT_TRAIN_ARGS = f"--config {DEFAULT_CONFIG}"
 
 
 # ----------------------------------------------------------------------------- provenance
-
-def write_atomic(path, content) -> Path:
-    """Write `content` (str, bytes, or a function given a temporary path) to `path` through a
-    temporary file in the same folder and a rename: a crash or Ctrl-C never leaves a half-written
-    file, and concurrent writers (Optuna workers) each publish one whole file. The one home for
-    atomic writes in fer_lib."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per writer, and it keeps the extension that savefig, OpenCV and PIL take the format from.
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial{path.suffix}")
-    try:
-        if isinstance(content, str):
-            tmp.write_text(content)
-        elif isinstance(content, bytes):
-            tmp.write_bytes(content)
-        else:
-            content(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@\s]*)@", re.IGNORECASE)
-
-
-def mask_url(text: str) -> str:
-    """Every `scheme://user:PASSWORD@host` in text shown as `scheme://user:***@host`."""
-    return URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", str(text))
-
-
-def split_url_password(url: str) -> tuple[str, str | None]:
-    """(url without its password, the password or None): `postgresql://u:pw@h/db` -> (`postgresql://u@h/db`, `pw`)."""
-    m = URL_PASSWORD.search(url)
-    if not m:
-        return url, None
-    return url[:m.start()] + m["head"] + "@" + url[m.end():], m["password"]
-
-
-def clean_stale_partials(folder) -> list[Path]:
-    """Delete the temporary files write_atomic left in `folder` when its writer was killed
-    (the writer's pid is in the name and no longer runs); live writers' files stay."""
-    removed = []
-    for tmp in Path(folder).glob("*.partial*"):
-        m = re.search(r"\.(\d+)-[0-9a-f]{8}\.partial", tmp.name)
-        if not m:
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # another user's live process
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def describe_environment() -> dict:
-    """Versions, platform, CPU and device: what a reader needs to redo the run."""
-    import torch
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    cpu, flags = platform.processor(), set()
-    if Path("/proc/cpuinfo").exists():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
-        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    # the training speed depends on these far more than on the model name: AMX bf16 is ~5x AVX2 fp32
-    cpu_flags = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu, "cpu_flags": cpu_flags,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu",
-            "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "packages": versions}
-
 
 CODE_PATHS = ("fer_lib", "notebooks", "configs", "benchmarks", "pyproject.toml")
 
@@ -145,14 +66,15 @@ def readme_markers(name: str) -> tuple[str, str]:
 README_START, README_END = readme_markers("results")
 
 
-def readme_results(checkpoint: Path, metrics_json: Path) -> str:
-    """The README's results block, built only from the committed checkpoint and its metrics.json.
+def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAULT_TRAIN_ARGS,
+                   block: str = "results") -> str:
+    """The README's results block, built only from the committed checkpoint and its metrics.json;
+    train_args: the `fer train` options that made it (the recipe file and any flags on top).
 
-        python -m fer_lib.report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
+        fer report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
     """
     import torch
 
-    from .evaluate import training_summary  # evaluate imports this module
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     m = json.loads(Path(metrics_json).read_text())
     cfg, trained = ck["config"], training_summary(ck["history"])
@@ -172,7 +94,11 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
             lo, hi = res["accuracy_ci95"]
             rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
                         f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
+    command = shlex.join(["fer", "report", "results", str(checkpoint), str(metrics_json),
+                          *(["--train-args", train_args] if train_args != DEFAULT_TRAIN_ARGS else []),
+                          *(["--block", block] if block != "results" else [])])
     return "\n".join([
+        f"<!-- made by: {command} -->",
         f"Model `{ck['model_name']}` ({checkpoint}), trained {cfg['epochs']} epochs on Training with "
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
         f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time to that epoch on {machine}: "
@@ -184,7 +110,7 @@ def readme_results(checkpoint: Path, metrics_json: Path) -> str:
         *rows,
         "",
         f"{made_by}Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
-        f"`fer train --data data/fer2013.h5 --config configs/{ck['model_name']}.json --out runs/{ck['model_name']} "
+        f"`fer train --data data/fer2013.h5 {train_args} --out runs/{Path(checkpoint).stem} "
         f"--export {checkpoint}{half}`, then `fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
         f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "
         f"Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
@@ -233,7 +159,7 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
                + (f", {100 * (best[1] - ref_val):+.2f} points over {ref} on PublicTest and "
                   f"{100 * (best[2] - ref_test):+.2f} on PrivateTest." if best[0] != ref else
                   "; no other recipe beat it on PublicTest, so tuning did not help here."))
-    command = " ".join(["python -m fer_lib.report tuning", *(["--search", str(study_json)] if study_json else []),
+    command = " ".join(["fer report tuning", *(["--search", str(study_json)] if study_json else []),
                         *(shlex.quote(f"{label}={path}") for label, path in entries)])
     return "\n".join([
         f"<!-- made by: {command} -->",  # the README test reruns it
@@ -241,6 +167,37 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
         "| recipe | model | optimizer / scheduler | batch | lr | epochs | training time (median epoch) | PublicTest "
         "| PrivateTest [95% CI] | vs first row, points (Public / Private) | report |",
         "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", verdict])
+
+
+def readme_models(entries, block: str = "distillation") -> str:
+    """A table of models side by side, one row per (label, metrics.json of `fer evaluate`): size, cost,
+    training budget, teacher, and PublicTest (selection) beside PrivateTest (scored once), plain and flip.
+
+        fer report models "teacher=reports/distillation/teacher/metrics.json" "student=..." --block distillation
+    """
+    rows = []
+    for label, path in entries:
+        m = json.loads(Path(path).read_text())
+        cfg, tr = m.get("train_config"), m.get("training")
+        if not cfg or not tr:
+            raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
+        known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
+        model = create_model(cfg["model"], **model_kwargs(TrainConfig(**known)))
+        val, test = m["val"]["plain"], m["test"]["plain"]
+        lo, hi = test["accuracy_ci95"]
+        flip = f"{100 * m['test']['flip']['accuracy']:.2f}%" if "flip" in m["test"] else "-"
+        teacher = (f"`{Path(cfg['teacher']).name}` (T {cfg['kd_temperature']:g}, weight {cfg['kd_alpha']:g})"
+                   if cfg.get("teacher") else "none")
+        rows.append(f"| {label} | `{cfg['model']}` | {count_params(model) / 1e6:.2f} M | {count_macs(model) / 1e6:.0f} M "
+                    f"| {tr['epochs_run']} (best {m['checkpoint_epoch']}) | {teacher} | {100 * val['accuracy']:.2f}% "
+                    f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {flip} "
+                    f"| `{Path(path).parent.as_posix()}/` |")
+    command = shlex.join(["fer", "report", "models", *(f"{label}={path}" for label, path in entries), "--block", block])
+    return "\n".join([
+        f"<!-- made by: {command} -->",
+        "| model | architecture | params | MACs / face | epochs | distilled from | PublicTest (selection) "
+        "| PrivateTest (once) [95% CI] | PrivateTest, flip TTA | report |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows])
 
 
 def _recipe_change(cfg: dict, ref: dict) -> str:
@@ -257,9 +214,6 @@ def ablation_table(run_dirs) -> str:
 
         python -m fer_lib.report ablation reports/ablation/base reports/ablation/ema ...
     """
-    from .evaluate import training_summary  # evaluate imports this module
-    from .models import count_macs, count_params, create_model
-    from .train import TrainConfig, model_kwargs
     runs = []
     for d in map(Path, run_dirs):
         for name in ("config.json", "history.json"):
@@ -280,10 +234,10 @@ def ablation_table(run_dirs) -> str:
                     f"| {count_macs(model) / 1e6:.0f} M | {100 * best['val_acc']:.2f}% (epoch {best['epoch']}) "
                     f"| {100 * gains[d.name]:+.2f} | {100 * hist[-1]['train_acc']:.1f}% "
                     f"| {training_summary(hist)['median_epoch_s']:.0f} s |")
-    command = "python -m fer_lib.report ablation " + " ".join(Path(d).as_posix() for d, _, _ in runs)
+    command = "fer report ablation " + " ".join(Path(d).as_posix() for d, _, _ in runs)
     return "\n".join([
         f"<!-- made by: {command} -->",
-        f"Each run: `fer train --config configs/vgg_small.json --epochs {len(ref_hist)}` on all of Training with "
+        f"Each run: `fer train --config {DEFAULT_CONFIG} --epochs {len(ref_hist)}` on all of Training with "
         "the one change shown, seed 0, one torch thread per run (two runs side by side). PublicTest accuracy "
         "of the best epoch; PrivateTest is not read.",
         "",
@@ -305,32 +259,43 @@ def update_readme(readme: Path, block: str, name: str = "results") -> None:
     write_atomic(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def main(argv=None) -> None:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m fer_lib.report", description="Regenerate a README block.")
+def add_arguments(p) -> None:
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
     sub = p.add_subparsers(dest="block", required=True)
     r = sub.add_parser("results", help="a committed model's results")
     r.add_argument("checkpoint", type=Path)
     r.add_argument("metrics", type=Path, help="its fer evaluate metrics.json")
-    r.add_argument("--block", dest="readme_block", default="results", help="README block name (results: the live model; accurate)")
+    r.add_argument("--block", dest="readme_block", default="results",
+                   help="README block name (results: the live model; accurate: the accurate one)")
+    r.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="the fer train options that made it")
     t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
     t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
     t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
+    mo = sub.add_parser("models", help="models side by side (the distillation rows)")
+    mo.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON")
+    mo.add_argument("--block", dest="readme_block", default="distillation", help="README block name")
     b = sub.add_parser("ablation", help="the engine additions at one equal budget, on PublicTest")
     b.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="the first is the reference")
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
-    a = p.parse_args(argv)
-    if a.block == "results":
-        update_readme(a.readme, readme_results(a.checkpoint, a.metrics), a.readme_block)
-    elif a.block == "ablation":  # README, and beside the runs for notebook 02
-        table = ablation_table(a.runs)
-        update_readme(a.readme, table, "ablation")
-        write_atomic(Path(a.runs[0]).parent / "ablation.md", table + "\n")
+
+
+def run(args) -> int:
+    if args.block == "results":
+        update_readme(args.readme, readme_results(args.checkpoint, args.metrics, args.train_args, args.readme_block),
+                      args.readme_block)
+    elif args.block == "ablation":  # README, and beside the runs for notebook 02
+        table = ablation_table(args.runs)
+        update_readme(args.readme, table, "ablation")
+        write_atomic(Path(args.runs[0]).parent / "ablation.md", table + "\n")
+    elif args.block == "models":
+        bad = [run for run in args.runs if "=" not in run]
+        if bad:
+            raise UserError(f"{bad[0]}: each run is LABEL=path/to/metrics.json")
+        update_readme(args.readme, readme_models([run.split("=", 1) for run in args.runs], args.readme_block),
+                      args.readme_block)
     else:
-        if any("=" not in run for run in a.runs):
-            p.error("each run is LABEL=path/to/metrics.json")
-        update_readme(a.readme, readme_tuning([run.split("=", 1) for run in a.runs], a.search), "tuning")
-
-
-if __name__ == "__main__":
-    main()
+        bad = [run for run in args.runs if "=" not in run]
+        if bad:
+            raise UserError(f"{bad[0]}: each run is LABEL=path/to/metrics.json")
+        update_readme(args.readme, readme_tuning([run.split("=", 1) for run in args.runs], args.search), "tuning")
+    print(f"wrote the {getattr(args, 'readme_block', args.block)} block of {args.readme}")
+    return 0

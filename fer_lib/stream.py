@@ -1,9 +1,9 @@
 """A labelled face stream: held-out FER-2013 faces played as a clip, with the true label of every
 frame, to measure what smoothing buys (fewer label switches) and costs (accuracy, delay).
 
-    python -m fer_lib.stream data/fer2013.h5 --checkpoint models/vgg_small_fer2013.pt --split val
-    python -m fer_lib.stream data/fer2013.h5 --checkpoint m.pt --split val --tune   # hysteresis grid
-    python -m fer_lib.stream data/fer2013.h5 --write-video stream.mp4             # the clip itself
+    fer stream data/fer2013.h5 --split val                          # the live model, every smoother
+    fer stream data/fer2013.h5 --checkpoint m.pt --split val --tune # hysteresis grid
+    fer stream data/fer2013.h5 --write-video stream.mp4             # the clip itself
 
     from fer_lib.stream import make_stream, measure_smoothers
     stream = make_stream("data/fer2013.h5", split="val")        # crops (N, 48, 48), labels (N,)
@@ -19,17 +19,17 @@ Tune on "val" (PublicTest); report "test" (PrivateTest) once.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .data import load_split
+from .flags import add_dataclass_arguments
+from .io import write_atomic
 from .smoothing import DEFAULT_SMOOTHER, create_smoother, smoother_settings
-from .report import write_atomic
 from .video import VideoError, crop_face
 
 HAAR_BOX_RATIO = 0.975  # median Haar box side / face image side on upscaled PublicTest faces
@@ -242,102 +242,27 @@ def resolve_source(source, h5_path, fallback, **kwargs) -> tuple[str, str]:
                            f"(PublicTest faces of {h5_path}) instead")
 
 
-def plot_frame_strip(video_path, n: int = 4, cols: int = 2, frame_width: float = 5.5):
-    """n evenly spaced frames of a video (the first and last left out: often black), `cols` to a row,
-    each frame_width inches wide: about as large as the clip itself, so that the labels can be read."""
-    import matplotlib.pyplot as plt
-    cap = cv2.VideoCapture(str(video_path))
-    total, w, h = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
-                                             cv2.CAP_PROP_FRAME_HEIGHT))
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * frame_width, rows * (frame_width * h / w + 0.3)),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, np.linspace(0, total - 1, n + 2)[1:-1].round().astype(int)):
-        cap.set(cv2.CAP_PROP_POS_FRAMES, i)
-        ok, frame = cap.read()
-        if ok:
-            ax.imshow(frame[..., ::-1])
-        ax.set_title(f"frame {i}", fontsize=10)
-    cap.release()
-    fig.tight_layout()
-    return fig
+def shown_sequences(probs, smoothers: dict | None = None) -> dict:
+    """{display name: the label each smoother shows per frame} over per-frame probabilities (N, C)."""
+    return {label: smooth_sequence(probs, name, **kw) for label, (name, kw) in (smoothers or COMPARISON).items()}
 
 
-def plot_timeline(records: list, class_names, max_tracks: int = 3):
-    """Per track (the longest ones): each class's raw probability (thin) and smoothed one (thick)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    df = pd.DataFrame(records)
-    tracks = sorted(df["track_id"].value_counts().index[:max_tracks]) if len(df) else []
-    fig, axes = plt.subplots(max(len(tracks), 1), 1, figsize=(11, 2.4 * max(len(tracks), 1)), sharex=True,
-                             squeeze=False)
-    for ax, tid in zip(axes[:, 0], tracks):
-        d = df[df["track_id"] == tid]
-        for c, name in enumerate(class_names):
-            ax.plot(d["time_s"], d[f"p_{c}"], color=plt.cm.tab10(c), lw=0.7, alpha=0.5)
-            ax.plot(d["time_s"], d[f"s_{c}"], color=plt.cm.tab10(c), lw=2, label=name)
-        ax.set_ylabel(f"track #{tid}")
-        ax.set_ylim(0, 1)
-    if not tracks:
-        axes[0, 0].text(0.5, 0.5, "no faces detected", ha="center", transform=axes[0, 0].transAxes)
-    axes[0, 0].legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.35))
-    axes[-1, 0].set_xlabel("time (s); thin: raw, thick: smoothed")
-    fig.tight_layout()
-    return fig
-
-
-def plot_stream_labels(stream: LabelledStream, probs, class_names, smoothers: dict | None = None,
-                       frames: int = 480):
-    """The true label and what each smoother shows over the stream's first frames: flicker, seen."""
-    import matplotlib.pyplot as plt
-    smoothers = smoothers or COMPARISON
-    n = min(frames, len(stream.labels))
-    t = np.arange(n) / stream.fps
-    fig, ax = plt.subplots(figsize=(11, 3.2))
-    ax.step(t, stream.labels[:n], where="post", color="k", lw=3, alpha=0.35, label="truth")
-    for i, (label, (name, kw)) in enumerate(smoothers.items()):
-        shown = smooth_sequence(probs[:n], name, **kw)
-        ax.step(t, shown + 0.1 * (i + 1), where="post", lw=1, label=label)  # offset so lines don't hide
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("time (s)")
-    ax.legend(ncol=len(smoothers) + 1, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.2))
-    fig.tight_layout()
-    return fig
-
-
-def plot_stage_times(result: dict):
-    """Milliseconds per frame of each pipeline stage (wall clock and CPU), against the 2x real-time budget."""
-    import pandas as pd
-    df = pd.DataFrame({"wall clock": {**result["stage_s"], "total": result["wall_s"]},
-                       "CPU (all threads)": {**result["stage_cpu_s"], "total": result["cpu_s"]}})
-    df *= 1000 / max(result["frames"], 1)
-    ax = df.plot.barh(figsize=(8, 3))
-    ax.axvline(1000 / (2 * result["source_fps"]), color="r", ls="--", label="total's budget for 2x real time")
-    ax.set_xlabel("ms per frame")
-    ax.legend(fontsize=8)
-    ax.invert_yaxis()
-    ax.figure.tight_layout()
-    return ax.figure
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p) -> None:
     p.add_argument("h5", help="HDF5 from fer preprocess")
-    p.add_argument("--checkpoint", help="model to measure (fer train)")
+    p.add_argument("--checkpoint", help="model to measure (default: the live model)")
     p.add_argument("--split", default="val", choices=("val", "test"))
-    p.add_argument("--n-runs", type=int, default=StreamConfig.n_runs)
-    p.add_argument("--seed", type=int, default=0)
+    add_dataclass_arguments(p, StreamConfig, skip=("run_frames", "frame_size", "face_px"))
     p.add_argument("--tune", action="store_true", help="score the hysteresis grid (val only)")
     p.add_argument("--write-video", help="write the stream as an MP4 instead of measuring")
-    args = p.parse_args(argv)
-    kw = {"n_runs": args.n_runs, "seed": args.seed}
+
+
+def run(args) -> int:
+    kw = {f.name: getattr(args, f.name) for f in fields(StreamConfig) if getattr(args, f.name, None) is not None}
     if args.write_video:
         print(f"{args.write_video}: {write_stream_video(args.write_video, args.h5, args.split, **kw)} frames")
         return 0
-    from .models import load_model
-    clf, stream = load_model(args.checkpoint), make_stream(args.h5, args.split, **kw)
+    from .models import load_model, resolve_checkpoint
+    clf, stream = load_model(resolve_checkpoint(args.checkpoint)), make_stream(args.h5, args.split, **kw)
     print(f"{args.split} stream: {len(stream.labels)} frames, {stream.runs[-1] + 1} runs, "
           f"{len(_change_runs(stream.labels))} label changes")
     if args.tune:
@@ -345,7 +270,3 @@ def main(argv=None) -> int:
     else:
         print(format_table(measure_smoothers(clf, stream)))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
     fer study                                                  # synthetic faces, smoke profile
     fer study --data ../shared/fer2013/archive.zip             # FER-2013, smoke: reports/smoke-real/
     fer study --data ../shared/fer2013/archive.zip --profile full   # the study: reports/full-real/
-    fer study --data archive.zip -p 02_train_cnn.epochs=3 -p 03.n_trials=2 --only 01,02,03
+    fer study --data archive.zip -p train.epochs=3 -p tune.n_trials=2 --only 01,02,03
     fer study --nbval-refs                                     # regenerate tests/nbval/ (synthetic, smoke)
 
 Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for
@@ -13,6 +13,7 @@ manifest.json); bulky artifacts (HDF5, checkpoints, Optuna storage) to runs/stud
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime
 import json
 import logging
@@ -24,14 +25,18 @@ from pathlib import Path
 
 import nbformat
 
+from .environment import describe_environment
 from .errors import UserError
+from .frontpage import reindex, render_html, tidy_notebook
+from .models import LIVE_MODEL
+from .io import mask_url, split_url_password, write_atomic
 from .progress import ENV as PROGRESS_ENV
-from .report import describe_data, describe_environment, describe_git, mask_url, split_url_password, write_atomic
+from .report import describe_data, describe_git
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NBVAL_DIR = ROOT / "tests" / "nbval"
-COMMITTED_CHECKPOINT = ROOT / "models" / "vgg_small_fer2013.pt"
+COMMITTED_CHECKPOINT = ROOT / LIVE_MODEL
 TRAINED_CHECKPOINT = "train/best.pt"            # under WORK/RUN/: notebook 02 trains in run_dir=WORK/RUN/train
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SYNTHETIC_BANNER = """
@@ -89,16 +94,18 @@ def read_parameters(nb_path) -> dict:
 
 
 def parse_overrides(items) -> dict:
-    """["02_train_cnn.epochs=3", "03.sampler=tpe"] -> {"02_train_cnn": {"epochs": 3}, "03": {"sampler": "tpe"}}.
+    """["train.epochs=3", "02_train_cnn.run_dir=x"] -> {"train": {"epochs": 3}, "02_train_cnn": {"run_dir": "x"}}.
 
-    Values are Python literals (3, 0.5, None, [1, 2], "x"); anything else is taken as a string.
+    A step (train, tune, evaluate, stream, video) sets a recipe field for every notebook that uses the step;
+    a notebook (its name or number) sets one of its parameters. Values are Python literals (3, 0.5, None,
+    [1, 2], "x"); anything else is taken as a string.
     """
     out: dict = {}
     for item in items or []:
         key, eq, text = item.partition("=")
         nb, dot, name = key.strip().partition(".")
         if not (eq and dot and nb and name.isidentifier()):
-            raise StudyError(f"-p {item!r}: expected NOTEBOOK.NAME=VALUE, e.g. 02_train_cnn.epochs=3")
+            raise StudyError(f"-p {item!r}: expected STEP.FIELD=VALUE or NOTEBOOK.NAME=VALUE, e.g. train.epochs=3")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -120,9 +127,18 @@ def wire_parameters(prefix: str, profile: str, report_dir: str, work: str, sourc
 
 
 def plan_study(notebooks, overrides: dict, **wiring) -> dict:
-    """{stem: parameters to pass}: the wiring each notebook declares, then the user's overrides."""
+    """{stem: parameters to pass}: the wiring each notebook declares, then the user's overrides. Recipe
+    overrides ({step: {field: value}}, checked against the profile's dataclasses) go to every notebook's
+    `overrides` parameter."""
+    from .profiles import STEPS, load_profile
     plan = {nb.stem: {} for nb in notebooks}
     declared = {nb.stem: read_parameters(nb) for nb in notebooks}
+    recipe = {k: v for k, v in overrides.items() if k in STEPS}
+    overrides = {k: v for k, v in overrides.items() if k not in STEPS}
+    if recipe:
+        load_profile(wiring["profile"], recipe)  # an unknown field or a bad value fails here, naming it
+        if not any("overrides" in d for d in declared.values()):
+            raise StudyError(f"-p {next(iter(recipe))}.*: no notebook in this run takes recipe overrides")
     for key, values in overrides.items():
         stems = [s for s in plan if key in (s, s[:2])]
         if not stems:
@@ -130,10 +146,13 @@ def plan_study(notebooks, overrides: dict, **wiring) -> dict:
         unknown = set(values) - set(declared[stems[0]])
         if unknown:
             raise StudyError(f"-p {key}.{sorted(unknown)[0]}: {stems[0]} has no such parameter; "
-                             f"it has {sorted(declared[stems[0]])}")
+                             f"it has {sorted(declared[stems[0]])} (a recipe field goes by its step: "
+                             f"-p train.{sorted(unknown)[0]}=...)")
     for nb in notebooks:
         wired = wire_parameters(nb.stem[:2], **wiring)
         plan[nb.stem] = {k: v for k, v in wired.items() if k in declared[nb.stem]}
+        if recipe and "overrides" in declared[nb.stem]:
+            plan[nb.stem]["overrides"] = recipe
         for key, values in overrides.items():
             if key in (nb.stem, nb.stem[:2]):
                 plan[nb.stem].update(values)
@@ -155,49 +174,6 @@ def execute_notebook(nb: Path, out: Path, parameters: dict, cwd: Path) -> None:
         if partial.exists():
             tidy_notebook(partial)
             os.replace(partial, out)
-
-
-def tidy_outputs(nb) -> int:
-    """Keep what a terminal would show: consecutive stream outputs merged, each line's carriage-return
-    rewrites resolved (a progress bar leaves its last state), and outputs left blank (bars that cleared
-    themselves, drawn as empty stripes) dropped. Changes nb in place; returns how many outputs went."""
-    before = sum(len(c.get("outputs", [])) for c in nb.cells)
-    for c in nb.cells:
-        if c.cell_type != "code":
-            continue
-        for _ in range(2):  # again once the blanks between two outputs of one stream are gone
-            merged = []
-            for o in c.outputs:
-                if (o.output_type == "stream" and merged and merged[-1].output_type == "stream"
-                        and merged[-1].name == o.name):
-                    merged[-1].text += o.text
-                else:
-                    merged.append(o)
-            for o in merged:
-                if o.output_type == "stream":
-                    o.text = "\n".join(line.rsplit("\r", 1)[-1] for line in o.text.split("\n"))
-            c.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
-    return before - sum(len(c.get("outputs", [])) for c in nb.cells)
-
-
-def tidy_notebook(path) -> bool:
-    """tidy_outputs on an executed notebook file; rewritten (and True) only if that changed something."""
-    nb = nbformat.read(str(path), as_version=4)
-    old = nbformat.writes(nb)
-    tidy_outputs(nb)
-    new = nbformat.writes(nb)
-    if new != old:
-        write_atomic(path, new + "\n")
-    return new != old
-
-
-def render_html(ipynb: Path, out: Path) -> None:
-    """The reader's version: outputs and narrative, code hidden."""
-    from nbconvert import HTMLExporter
-    logging.getLogger("traitlets").setLevel(logging.ERROR)  # per-figure "alternative text is missing" warnings
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_filename(str(ipynb))
-    write_atomic(out, body)
 
 
 # Neither FER-2013 nor a user's video clip may be redistributed, so a report meant for publishing
@@ -269,7 +245,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure.
     faces=False leaves FER-2013's faces out of the report (leave_out_faces), for publishing it."""
     kind = "real" if source else "synthetic"
-    run = run or f"{profile}-{kind}"
+    run = run or f"{Path(str(profile)).stem}-{kind}"  # a profile may be given as its .yaml file
     report_dir, work_dir = (Path(out) / run).resolve(), (Path(work) / run).resolve()
     if source and not Path(source).exists():
         raise StudyError(f"--data {source}: not found (give FER-2013's archive.zip, image folder or fer2013.csv)")
@@ -278,7 +254,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     # A smoke run's model is minutes old and poor, so on real data 04/05 show the committed one;
     # the full study evaluates what its own notebook 02 trained.
     if source and profile != "full" and COMMITTED_CHECKPOINT.exists():
-        checkpoint, why = str(COMMITTED_CHECKPOINT), "the study's committed model (models/vgg_small_fer2013.pt)"
+        checkpoint, why = str(COMMITTED_CHECKPOINT), f"the study's live model ({LIVE_MODEL})"
     else:
         checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the checkpoint notebook 02 trained in this run"
     notebooks = list_notebooks(notebooks_dir, only)
@@ -295,18 +271,20 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     work_dir.mkdir(parents=True, exist_ok=True)
     if not source:
         print(SYNTHETIC_BANNER, flush=True)
-    from .profiles import PROFILES
+    from .profiles import STEPS, load_profile
+    recipe = {step: dataclasses.asdict(cfg)  # what every step ran with: the profile and the -p overrides
+              for step, cfg in load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}).items()}
     manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
                 "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
                 "checkpoint": {"path": checkpoint, "why": why}, "root": str(ROOT), "report_dir": str(report_dir),
-                "work_dir": str(work_dir), "argv": [mask_url(a) for a in sys.argv], "overrides": overrides or {}, "git": describe_git(),
+                "work_dir": str(work_dir), "argv": [mask_url(a) for a in sys.argv],
+                "overrides": overrides or {}, "recipe": recipe, "git": describe_git(),
                 "environment": describe_environment(), "seeds": {}, "notebooks": []}
     t_study = time.time()
     failure = None
     for i, nb in enumerate(notebooks, 1):
         params = {**read_parameters(nb), **plan[nb.stem]}
         entry = {"name": nb.stem, "status": "running", "passed": plan[nb.stem], "parameters": params,
-                 "profile_values": PROFILES.get(profile, {}).get(nb.stem),
                  "ipynb": f"{nb.stem}.ipynb", "html": f"{nb.stem}.html", "start": now()}
         manifest["notebooks"].append(entry)
         manifest["seeds"][nb.stem] = {k: v for k, v in params.items() if k == "seed" or k.endswith("_seed")}
@@ -340,7 +318,6 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     if failure:
         manifest["error"] = failure
     write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
-    from .frontpage import reindex
     reindex(report_dir)  # the front page; this checkout's absolute paths made relative
     if not source:
         print(SYNTHETIC_BANNER, flush=True)
@@ -399,14 +376,16 @@ def write_nbval_refs(notebooks_dir=NOTEBOOKS, out_dir=NBVAL_DIR, only: str | Non
 def add_arguments(p) -> None:
     p.add_argument("--data", default="", metavar="SOURCE",
                    help="FER-2013 archive.zip, image folder or fer2013.csv; none = synthetic faces")
-    p.add_argument("--profile", default="smoke", choices=["smoke", "full"], help="budgets of every notebook")
+    p.add_argument("--profile", default="smoke", help="configs/profiles/NAME.yaml (smoke, full) or a .yaml file: "
+                   "every step's recipe and budget")
     p.add_argument("--run", help="run name (default PROFILE-real or PROFILE-synthetic)")
     p.add_argument("--out", default="reports", help="reports go to OUT/RUN/")
     p.add_argument("--work", default="runs/study", help="HDF5, checkpoints and studies go to WORK/RUN/")
     p.add_argument("--h5", help="where notebook 01 writes (or reuses) the HDF5; default WORK/RUN/")
     p.add_argument("--video", help="clip (or camera index) for notebook 05; default: the notebook's own")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK.NAME=VALUE",
-                   help="override a notebook parameter (Python literal), e.g. -p 02_train_cnn.epochs=3")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="STEP.FIELD=VALUE",
+                   help="a recipe field (STEP.FIELD: train, tune, evaluate, stream, video) or a notebook parameter "
+                        "(NOTEBOOK.NAME), as a Python literal: -p train.epochs=3, -p 05.source=clip.mp4")
     p.add_argument("--only", help="comma-separated notebooks to run, e.g. 01,02")
     p.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of NN_name.ipynb notebooks")
     p.add_argument("--no-faces", action="store_true",
@@ -426,7 +405,6 @@ def run(args) -> int:
                 print("wrote", ref)
             return 0
         if args.reindex:
-            from .frontpage import reindex
             changed = reindex(args.reindex)
             print(f"wrote {Path(args.reindex) / 'index.html'}" + (f"; paths made relative in {len(changed)} files"
                                                                    if changed else ""))

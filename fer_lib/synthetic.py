@@ -1,6 +1,6 @@
 """Procedural FER-shaped faces, clearly labelled synthetic, for fresh clones and tests.
 
-    python -m fer_lib.synthetic data/synthetic.h5        # or fer_lib.synthetic.write_synthetic_h5(...)
+    fer synthetic data/synthetic.h5        # or fer_lib.synthetic.write_synthetic_h5(...)
 
 Each 48x48 face is a shaded oval with eyes, brows and a mouth whose shapes
 depend on the expression (raised brows and an open mouth for Surprise, a
@@ -10,7 +10,6 @@ CNN has something real to learn. It is NOT FER-2013; files carry
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -121,6 +120,14 @@ def prepare_dataset(source, h5_path, synthetic_per_class=(400, 60, 60), seed: in
     return {**info, "path": str(h5_path)}
 
 
-if __name__ == "__main__":
+def add_arguments(p) -> None:
+    p.add_argument("out", nargs="?", default="data/synthetic.h5", help="HDF5 file to write")
+    p.add_argument("--per-class", type=int, nargs=3, default=[40, 10, 10], metavar=("TRAIN", "VAL", "TEST"),
+                   help="faces per class in each split")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
     print(SYNTHETIC_NOTICE)
-    print(write_synthetic_h5(sys.argv[1] if len(sys.argv) > 1 else "data/synthetic.h5"))
+    print("wrote", write_synthetic_h5(args.out, tuple(args.per_class), args.seed))
+    return 0

@@ -27,11 +27,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
 from .data import load_split, read_info
+from .environment import describe_environment
 from .errors import UserError, check_output_path
+from .flags import add_dataclass_arguments
+from .io import clean_stale_partials, read_config, write_atomic
+from .models import CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint, load_model
 from .progress import bar as progress_bar
-from .models import (CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint,
-                     load_model)
-from .report import clean_stale_partials, describe_environment, write_atomic
 
 
 @dataclass
@@ -73,15 +74,11 @@ class TrainConfig:
 
 
 def resolve_config(file: str | None = None, **overrides) -> TrainConfig:
-    """Defaults, then a JSON/YAML file, then explicit overrides (None means 'not given')."""
+    """Defaults, then a JSON/YAML file (a profile's `train` section, fer tune's best params, or plain
+    TrainConfig fields), then explicit overrides (None means 'not given')."""
     values = {}
     if file:
-        text = Path(file).read_text()
-        if file.endswith((".yaml", ".yml")):
-            import yaml
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
+        values = read_config(file, "train")
         values = values.get("train_config", values)  # fer tune's best-params file nests it
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -589,20 +586,13 @@ def export_checkpoint(src, dst, half: bool = False) -> Path:
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(p) -> None:
-    p.add_argument("--config", help="JSON/YAML file of TrainConfig fields (e.g. fer tune's best params)")
+    p.add_argument("--config", help="a profile (configs/profiles/full.yaml: its `train` section), fer tune's "
+                   "best_params.json, or a JSON/YAML file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue OUT's run from OUT/last.pt, with its config.json")
     p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--export", help="after training, write best.pt without optimizer state here")
     p.add_argument("--export-half", action="store_true", help="store the exported weights as fp16")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "model_args":
-            p.add_argument("--model-args", type=json.loads, default=None, help="JSON dict of model kwargs")
-        elif f.type in ("bool", bool):
-            p.add_argument("--" + f.name.replace("_", "-"), type=lambda v: v.lower() in ("1", "true", "yes"),
-                           default=None, metavar="BOOL")
-        else:
-            typ = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)  # str | None: str
-            p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None)
+    add_dataclass_arguments(p, TrainConfig)
 
 
 def run(args) -> int:

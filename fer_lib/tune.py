@@ -33,13 +33,26 @@ from optuna.trial import TrialState
 
 from . import train
 from .data import read_info
+from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .io import mask_url, read_config, write_atomic
 from .models import create_model
-from .profiles import profile_params
 from .progress import in_notebook
-from .report import mask_url, write_atomic
 from .train import TrainConfig, resolve_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """The search's budget and machinery; the recipe it searches around is a TrainConfig (the profile's
+    `train` section)."""
+    n_trials: int = 30                # finished (complete or pruned) trials in the study, all workers together
+    timeout: float | None = 2400      # seconds after which a worker starts no new trial (None: no limit)
+    epochs_per_trial: int = 4         # epochs each trial trains
+    train_fraction: float = 0.25      # stratified share of Training each trial trains on
+    pruner: str = "median"            # median | hyperband | none
+    study_name: str = "fer"           # workers (and reruns) with the same storage and name share the study
+    seed: int = 0                     # seeds the TPE sampler and every trial's training
 HEARTBEAT_S = 60  # RDB storages: a trial silent for 2 heartbeats is failed (a worker died on another machine)
 
 
@@ -298,8 +311,8 @@ def summarize_study(study: optuna.Study) -> dict:
     default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_config") and t.state in FINISHED]
     if default:  # pruned: its last reported accuracy
         t = default[0]
-        summary["default_trial"] = {"number": t.number, "state": t.state.name, "params": t.params,
-                                    "value": t.value if t.value is not None else max(t.intermediate_values.values(), default=None)}
+        value = t.value if t.value is not None else max(t.intermediate_values.values(), default=None)
+        summary["default_trial"] = {"number": t.number, "state": t.state.name, "params": t.params, "value": value}
     return summary
 
 
@@ -326,24 +339,17 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/tune", help="run folder: journal, best_params.json, trials.csv")
     p.add_argument("--storage", default="", help="Optuna storage URL or journal file (default $FER_OPTUNA_STORAGE, "
                    "else OUT/optuna.journal); leave the password out and use PGPASSWORD or ~/.pgpass")
-    p.add_argument("--study", default="fer", help="study name; workers sharing it share the trials")
-    p.add_argument("--profile", default="full", help="budget defaults: smoke | full (fer_lib.profiles)")
-    p.add_argument("--n-trials", type=int, help="finished trials in the study, all workers together")
-    p.add_argument("--timeout", type=float, help="seconds; this worker starts no trial after that")
-    p.add_argument("--epochs", type=int, help="epochs per trial")
-    p.add_argument("--train-fraction", type=float, help="stratified fraction of Training per trial")
-    p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    p.add_argument("--config", help="a profile (configs/profiles/smoke.yaml): its `tune` section is the budget, "
+                   "its `train` section the recipe searched around; or a file of TrainConfig fields")
+    add_dataclass_arguments(p, TuneConfig, flags={"study_name": "--study", "epochs_per_trial": "--epochs"})
     p.add_argument("--worker", type=int, default=0, help="distinct index per parallel worker (sampler seed)")
     p.add_argument("--threads", type=int, help="torch threads per worker (e.g. cores / workers)")
-    p.add_argument("--config", help="JSON/YAML of TrainConfig fields the search does not set (base config)")
 
 
 def run(args) -> int:
-    budget = profile_params("03_optuna", args.profile, n_trials=args.n_trials, timeout=args.timeout,
-                            epochs_per_trial=args.epochs, train_fraction=args.train_fraction)
-    study = run_study(args.data, args.out, args.storage, args.study, budget["n_trials"], budget["timeout"],
-                      budget["epochs_per_trial"], budget["train_fraction"], args.seed, args.pruner,
+    cfg = dataclass_from_arguments(args, TuneConfig, read_config(args.config).get("tune", {}) if args.config else {})
+    study = run_study(args.data, args.out, args.storage, cfg.study_name, cfg.n_trials, cfg.timeout,
+                      cfg.epochs_per_trial, cfg.train_fraction, cfg.seed, cfg.pruner,
                       args.worker, args.threads, resolve_config(args.config))
     summary = summarize_study(study)
     print(f"study {summary['study']!r}: {summary['n_trials']} finished trials ({summary['n_pruned']} pruned)")

@@ -19,9 +19,7 @@ INTER_AREA, the checkpoint's normalization) and classified in one batch.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
-import re
 import sys
 import time
 from collections import deque
@@ -31,12 +29,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from .progress import bar as progress_bar
 
 from .errors import UserError, check_output_path
+from .flags import add_dataclass_arguments
+from .io import write_atomic
 from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
-from .report import write_atomic
-from .smoothing import DEFAULT_SMOOTHER, Tracker, create_smoother
+from .progress import bar as progress_bar
+from .smoothing import DEFAULT_SMOOTHER, create_smoother
+from .tracking import Tracker
 
 HAAR_FILE = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
 WINDOW = "fer video (q quits)"
@@ -406,15 +406,9 @@ def add_arguments(p) -> None:
     p.add_argument("--source", required=True, help="video file, or camera index such as 0")
     p.add_argument("--checkpoint", default=None, help=f"model checkpoint (default: the live model, {LIVE_MODEL})")
     p.add_argument("--out", default="out.mp4", help="annotated MP4 (mp4v) to write")
-    helps = dict(re.findall(r"^ +(\w+): [^#\n]*# (.*)$", inspect.getsource(VideoConfig), re.M))  # the comments
-    for f in dataclasses.fields(VideoConfig):
-        if f.name == "batch":
-            p.add_argument("--one-by-one", dest="batch", action="store_false", help="classify faces one at a time")
-        elif f.type in ("bool", bool):
-            p.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=helps[f.name])
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f"{helps[f.name]} ({f.default})",
-                           type={"int": int, "float": float}.get(str(f.type).split(" ")[0], str))
+    add_dataclass_arguments(p, VideoConfig, skip=("batch",))
+    p.add_argument("--one-by-one", dest="batch", action="store_false", default=None,
+                   help="classify faces one at a time (the original study's way)")
 
 
 def run(args) -> int:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from fer_lib.cli import main
-from fer_lib.data import (CLASS_NAMES, DataError, build_hdf5, load_split, pixel_stats, read_info, read_source,
-                          source_sha256)
+from fer_lib.data import CLASS_NAMES, DataError, build_hdf5, load_split, pixel_stats, read_info, read_source, source_sha256
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")   # folder names, label order
 # per emotion: file names in the Kaggle layout -> 7 x (2, 1, 1) images in train/val/test
@@ -97,7 +96,7 @@ def test_pixels_are_the_decoded_jpeg_and_labels_follow_folders(faces_dir, tmp_pa
     i = names.index("test/sad/PrivateTest_43.jpg")
     expected = cv2.imdecode(np.fromfile(faces_dir / names[i], np.uint8), cv2.IMREAD_GRAYSCALE)
     assert np.array_equal(images[i], expected) and labels[i] == CLASS_NAMES.index("Sad") == 4
-    assert [CLASS_NAMES[l].lower() for l in splits["train"][1]] == [n.split("/")[1] for n in splits["train"][2]]
+    assert [CLASS_NAMES[y].lower() for y in splits["train"][1]] == [n.split("/")[1] for n in splits["train"][2]]
 
 
 def test_hidden_files_and_macos_copies_are_skipped(faces_dir, tmp_path):

@@ -12,10 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_data import csv_rows, write_csv, write_jpg
 
 from fer_lib.cli import main
-
-from test_data import csv_rows, write_csv, write_jpg
 
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 

@@ -11,10 +11,10 @@ import torch
 
 from fer_lib import cli
 from fer_lib.data import CLASS_NAMES, load_split
-from fer_lib.evaluate import (average_proba, bootstrap_accuracy_ci, compute_metrics, evaluate_checkpoint,
-                              expected_calibration_error, fit_temperature, grad_cam, parse_tta,
-                              predict_logits, published_results_table, reliability_bins, tta_views)
-from fer_lib.models import load_model
+from fer_lib.evaluate import evaluate_checkpoint, parse_tta, predict_logits, published_results_table, tta_views
+from fer_lib.metrics import (average_proba, bootstrap_accuracy_ci, compute_metrics, expected_calibration_error,
+                             fit_temperature, reliability_bins)
+from fer_lib.models import grad_cam, load_model
 from fer_lib.plots import plot_confusion
 
 

@@ -64,10 +64,13 @@ def test_committed_notebook_reports_have_no_blank_outputs():
 
 def test_tidy_outputs_keeps_what_a_terminal_shows():
     import nbformat
-    from fer_lib.study import tidy_outputs
+
+    from fer_lib.frontpage import tidy_outputs
     out = nbformat.v4.new_output
     cell = nbformat.v4.new_code_cell("train()")
-    cell.outputs = [out("stream", name="stdout", text="plan: 2 epochs\n"),
+    cell.outputs = [out("stream", name="stderr", text="/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please "
+                        "update jupyter and ipywidgets.\n  from .autonotebook import tqdm as notebook_tqdm\n"),
+                    out("stream", name="stdout", text="plan: 2 epochs\n"),
                     out("stream", name="stderr", text="\repoch 1:  50%|##   |"), out("stream", name="stderr",
                                                                                   text="\repoch 1: 100%|#####|"),
                     out("stream", name="stderr", text="\r" + " " * 20 + "\r"),
@@ -76,6 +79,6 @@ def test_tidy_outputs_keeps_what_a_terminal_shows():
                     out("stream", name="stdout", text="epoch 2 acc 0.6\n"),
                     out("execute_result", data={"text/plain": "42"}, execution_count=1)]
     nb = nbformat.v4.new_notebook(cells=[cell])
-    assert tidy_outputs(nb) == 6
+    assert tidy_outputs(nb) == 7
     assert [(o.output_type, o.get("text")) for o in cell.outputs] == [
         ("stream", "plan: 2 epochs\nepoch 1 acc 0.5\nepoch 2 acc 0.6\n"), ("execute_result", None)]

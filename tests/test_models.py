@@ -1,14 +1,15 @@
 """The model registry, parameter and MAC counts, checkpoints and the Classifier."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fer_lib import models
-from fer_lib.train import _checkpoint, resolve_config, run_epoch, save_atomic, setup
 from fer_lib.models import (ACTIVATIONS, Classifier, count_macs, count_params, create_model, list_models,
                             load_checkpoint, load_model, model_from_checkpoint, register_model, summarize_models)
+from fer_lib.train import _checkpoint, resolve_config, run_epoch, save_atomic, setup
 
 # Measured once with create_model(name) and written down: a change to an architecture must be deliberate.
 PARAMS = {"baseline": 2_731_719, "improved": 1_835_751, "vgg": 7_050_055, "vgg_small": 1_764_775,
@@ -177,3 +178,16 @@ def test_every_model_takes_the_recipe_knobs(name):
     """configs/*.json pass stage_drop, drop_rate, activation and (with --crop) img_size to any model."""
     model = create_model(name, stage_drop=0.0, drop_rate=0.4, activation="relu", img_size=40).eval()
     assert model(torch.zeros(2, 1, 40, 40)).shape == (2, 7)
+
+
+def test_committed_checkpoints_are_small_and_load():
+    """Every committed model stays under 20 MB (fp16 weights where that keeps the predictions) and
+    rebuilds itself; the live model the tools default to is one of them."""
+    from fer_lib.models import LIVE_MODEL
+    root = Path(__file__).resolve().parents[1]
+    committed = sorted((root / "models").glob("*.pt"))
+    assert root / LIVE_MODEL in committed
+    for path in committed:
+        assert path.stat().st_size < 20e6, f"{path.name}: {path.stat().st_size / 1e6:.1f} MB"
+        clf = load_model(path)
+        assert clf.predict_proba(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)

@@ -9,7 +9,7 @@ import nbformat
 import papermill
 import pytest
 
-from fer_lib.profiles import PROFILES
+from fer_lib.profiles import list_profiles
 from fer_lib.study import CHECK_MARK, checked, read_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_first_code_cell_is_a_literal_parameters_cell(path):
     assert cells and "parameters" in cells[0].metadata.get("tags", []), \
         f"{path.name}: the first code cell must be tagged 'parameters' (papermill injects overrides after it)"
     params = read_parameters(path)               # raises, naming the line, on anything but `name = literal`
-    assert params.get("profile") in PROFILES, f"{path.name}: `profile` must be one of {sorted(PROFILES)}"
+    assert params.get("profile") in list_profiles(), f"{path.name}: `profile` must be one of {list_profiles()}"
     assert "report_dir" in params, f"{path.name}: needs a `report_dir` parameter (where readers' files go)"
 
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fer_lib.smoothing import (Tracker, box_iou, create_smoother, drop_nested, list_smoothers,
-                               smoother_settings)
+from fer_lib.smoothing import create_smoother, list_smoothers, smoother_settings
+from fer_lib.tracking import Tracker, box_iou, drop_nested
 
 
 def run(smoother, probs):

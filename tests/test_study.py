@@ -259,7 +259,7 @@ def test_a_storage_password_reaches_no_file_and_no_printed_line(tmp_path, capsys
 
 
 def test_mask_url_and_split_url_password():
-    from fer_lib.report import mask_url, split_url_password
+    from fer_lib.io import mask_url, split_url_password
     assert mask_url("storage postgresql://u:pw@h/db, again postgresql://u:pw@h/db") == \
         "storage postgresql://u:***@h/db, again postgresql://u:***@h/db"
     assert mask_url("postgresql+psycopg2://fer:pw@127.0.0.1:5432/fer") == "postgresql+psycopg2://fer:***@127.0.0.1:5432/fer"

@@ -1,7 +1,7 @@
 """The training engine: configuration, augmentation, a run that learns, resume, and the split protocol."""
 import json
-import os
 import math
+import os
 import shutil
 
 import h5py

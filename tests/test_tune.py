@@ -290,7 +290,7 @@ def test_a_storage_password_is_never_written_or_printed(synthetic_h5, tmp_path):
     url = os.environ.get("FER_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("no PostgreSQL server (set FER_TEST_POSTGRES_URL, e.g. via .ci/postgres.sh)")
-    from fer_lib.report import split_url_password
+    from fer_lib.io import split_url_password
     _, password = split_url_password(url)
     assert password, "the CI server's URL carries a password"
     name = f"test-{uuid.uuid4().hex[:8]}"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fer_lib import cli
-from fer_lib.smoothing import Tracker
 from fer_lib.synthetic import draw_face
+from fer_lib.tracking import Tracker
 from fer_lib.video import (VideoError, create_detector, crop_face, format_summary, open_source, run_pipeline,
                            show_in_notebook, track_summary)
 

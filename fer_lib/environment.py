@@ -1,0 +1,34 @@
+"""The machine a run ran on: CPU and its flags, threads, device, package versions. A training time means
+little without it (on these CPUs AMX bf16 trains about five times as fast as AVX2 fp32)."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("fer_lib", "torch", "numpy", "h5py", "opencv-python-headless", "optuna", "scikit-learn",
+            "matplotlib", "seaborn", "pandas", "papermill", "nbconvert", "nbformat", "nbclient",
+            "ipykernel", "nbval", "tqdm")
+
+
+def describe_environment() -> dict:
+    """Versions, platform, CPU and device: what a reader needs to redo the run."""
+    import torch
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    cpu, flags = platform.processor(), set()
+    if Path("/proc/cpuinfo").exists():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    cpu_flags = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu, "cpu_flags": cpu_flags,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu",
+            "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "packages": versions}
