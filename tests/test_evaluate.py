@@ -1,6 +1,7 @@
 """fer_lib.evaluate: metrics against hand-computed cases, TTA views, temperature, end to end."""
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -172,7 +173,9 @@ def test_fer_evaluate_end_to_end(tiny_checkpoint, synthetic_h5, tmp_path, capsys
     assert m["data_sha256"] == hashlib.sha256(synthetic_h5.read_bytes()).hexdigest()
     assert m["model_name"] == "vgg_small" and m["synthetic_data"] is True
     ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    assert m["train_config"] == ck["config"]                   # the report names the recipe it scores
+    # the report names the recipe it scores, with the training machine's absolute paths made relative
+    portable = {k: os.path.relpath(v) if k in ("data", "out") and os.path.isabs(v) else v for k, v in ck["config"].items()}
+    assert m["train_config"] == portable and not os.path.isabs(m["train_config"]["out"])
     assert m["training"] == {"epochs_run": len(ck["history"]),
                              "wall_s": round(sum(r["time_s"] for r in ck["history"]), 1),
                              "median_epoch_s": round(float(np.median([r["time_s"] for r in ck["history"]])), 1)}
