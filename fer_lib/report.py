@@ -189,7 +189,7 @@ def readme_models(entries, block: str = "distillation") -> str:
         teacher = (f"`{Path(cfg['teacher']).name}` (T {cfg['kd_temperature']:g}, weight {cfg['kd_alpha']:g})"
                    if cfg.get("teacher") else "none")
         rows.append(f"| {label} | `{cfg['model']}` | {count_params(model) / 1e6:.2f} M | {count_macs(model) / 1e6:.0f} M "
-                    f"| {tr['epochs_run']} (best {m['checkpoint_epoch']}) | {teacher} | {100 * val['accuracy']:.2f}% "
+                    f"| {cfg['epochs']} (best {m['checkpoint_epoch']}) | {teacher} | {100 * val['accuracy']:.2f}% "
                     f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {flip} "
                     f"| `{Path(path).parent.as_posix()}/` |")
     command = shlex.join(["fer", "report", "models", *(f"{label}={path}" for label, path in entries), "--block", block])
