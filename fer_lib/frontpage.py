@@ -180,7 +180,7 @@ def finding_03(rd: Path, m: dict):
     default = d.get("default_trial") or {}
     if default.get("value") is not None:
         gain = 100 * (d["best_value"] - default["value"])
-        text += f", {gain:+.2f} points over the untuned default recipe" + proxy
+        text += f", {gain:+.2f} points over the profile's recipe as it is (trial {default.get('number', 0)})" + proxy
     return text + ".", _figs(rd, "03_optimization_history.png", "03_param_importances.png"), src
 
 
@@ -233,8 +233,10 @@ def headline(rd: Path, m: dict):
         return None
     t = d["test"]["plain"]
     lo, hi = t["accuracy_ci95"]
-    text = (f"`{d['model_name']}` scores {_pct(t['accuracy'])} on PrivateTest (95% CI {_pct(lo)} to {_pct(hi)}), "
-            f"trained on Training, its checkpoint chosen on PublicTest, PrivateTest read once at the end.")
+    which = (m.get("checkpoint") or {}).get("why")
+    text = (f"`{d['model_name']}`{f' ({which})' if which else ''} scores {_pct(t['accuracy'])} on PrivateTest "
+            f"(95% CI {_pct(lo)} to {_pct(hi)}), trained on Training, its checkpoint chosen on PublicTest, "
+            "PrivateTest read once at the end.")
     rows = []
     table = rd / folder / "published_results.csv"
     if table.exists():
