@@ -145,7 +145,7 @@ def _metrics(report_dir: Path):
 
 
 def finding_01(rd: Path, m: dict):
-    d, src = _json(rd, "data_summary.json")
+    d, _ = _json(rd, "data_summary.json")
     if not d:
         return None
     c, names, cc = d["counts"], d["class_names"], d["class_counts"]["train"]
@@ -155,21 +155,21 @@ def finding_01(rd: Path, m: dict):
     return (f"Read {c['train']:,} Training, {c['val']:,} PublicTest and {c['test']:,} PrivateTest faces from {kind} "
             f"into one HDF5 file. The classes are far from balanced: {big} is {share[big]:.0%} of Training, "
             f"{small} {share[small]:.1%}, which is why notebook 04 reports per-class metrics.",
-            _figs(rd, "01_class_balance.png"), src)
+            _figs(rd, "01_class_balance.png"))
 
 
 def finding_02(rd: Path, m: dict):
-    d, src = _json(rd, "02_train_cnn.json")
+    d, _ = _json(rd, "02_train_cnn.json")
     if not d:
         return None
     return (f"Trained `{d['model']}` ({d['params'] / 1e6:.2f} M parameters, {d['macs_per_face'] / 1e6:.0f} M "
             f"multiply-adds per face) for {d['epochs_run']} epochs in {d['wall_s'] / 60:.0f} min; the checkpoint "
             f"kept is the best on PublicTest: {_pct(d['best_val_acc'])} at epoch {d['best_epoch']}.",
-            _figs(rd, "02_training_curves.png"), src)
+            _figs(rd, "02_training_curves.png"))
 
 
 def finding_03(rd: Path, m: dict):
-    d, src = _json(rd, "03_optuna.json")
+    d, _ = _json(rd, "03_optuna.json")
     if not d:
         return None
     s = d.get("search", {})
@@ -181,7 +181,7 @@ def finding_03(rd: Path, m: dict):
     if default.get("value") is not None:
         gain = 100 * (d["best_value"] - default["value"])
         text += f", {gain:+.2f} points over the profile's recipe as it is (trial {default.get('number', 0)})" + proxy
-    return text + ".", _figs(rd, "03_optimization_history.png", "03_param_importances.png"), src
+    return text + ".", _figs(rd, "03_optimization_history.png", "03_param_importances.png")
 
 
 def finding_04(rd: Path, m: dict):
@@ -198,11 +198,11 @@ def finding_04(rd: Path, m: dict):
     if recalls:
         lo, hi = min(recalls, key=recalls.get), max(recalls, key=recalls.get)
         text += f" Recall ranges from {recalls[lo]:.0%} ({lo}) to {recalls[hi]:.0%} ({hi})."
-    return text, _figs(rd, f"{folder}/confusion_test_normalized.png"), f"{folder}/metrics.json"
+    return text, _figs(rd, f"{folder}/confusion_test_normalized.png")
 
 
 def finding_05(rd: Path, m: dict):
-    v, src = _json(rd, "05_video.json")
+    v, _ = _json(rd, "05_video.json")
     s, _ = _json(rd, "05_smoothers.json")
     if not v:
         return None
@@ -220,7 +220,7 @@ def finding_05(rd: Path, m: dict):
                  f"{_pct(row['accuracy'])} shown, median delay {row['median_delay']:g} frames")
         if n_faces and n_faces < FACES_TO_JUDGE:
             text += " (too few faces to judge a smoother: a smoke run shows that the code runs)"
-    return text + ".", _figs(rd, "05_speed.png", "05_stream_labels.png"), src
+    return text + ".", _figs(rd, "05_speed.png", "05_stream_labels.png")
 
 
 FINDINGS = {"01": finding_01, "02": finding_02, "03": finding_03, "04": finding_04, "05": finding_05}

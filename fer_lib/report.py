@@ -131,6 +131,20 @@ def search_summary(study_json: Path) -> str:
             f"{100 * default['value']:.2f}%; " + best)
 
 
+def _evaluated(path) -> tuple[dict, dict, dict]:
+    """(metrics, its training config, its training summary) of a `fer evaluate` metrics.json."""
+    m = json.loads(Path(path).read_text())
+    cfg, tr = m.get("train_config"), m.get("training")
+    if not cfg or not tr:
+        raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
+    return m, cfg, tr
+
+
+def _model_of(cfg: dict):
+    """The model a training config builds, for its parameter and MAC counts."""
+    return create_model(cfg["model"], **model_kwargs(TrainConfig(**cfg)))
+
+
 def readme_tuning(entries, study_json: Path | None = None) -> str:
     """The README's tuned-against-untuned block: the search in a sentence (from study_json), then one
     table row per (label, metrics.json of `fer evaluate`); the first row is the reference.
@@ -140,10 +154,7 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
     """
     rows, runs = [], []
     for label, path in entries:
-        m = json.loads(Path(path).read_text())
-        cfg, tr = m.get("train_config"), m.get("training")
-        if not cfg or not tr:
-            raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
+        m, cfg, tr = _evaluated(path)
         val, test = m["val"]["plain"], m["test"]["plain"]
         runs.append((label, val["accuracy"], test["accuracy"]))
         lo, hi = test["accuracy_ci95"]
@@ -177,12 +188,8 @@ def readme_models(entries, block: str = "distillation") -> str:
     """
     rows = []
     for label, path in entries:
-        m = json.loads(Path(path).read_text())
-        cfg, tr = m.get("train_config"), m.get("training")
-        if not cfg or not tr:
-            raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
-        known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
-        model = create_model(cfg["model"], **model_kwargs(TrainConfig(**known)))
+        m, cfg, tr = _evaluated(path)
+        model = _model_of(cfg)
         val, test = m["val"]["plain"], m["test"]["plain"]
         lo, hi = test["accuracy_ci95"]
         flip = f"{100 * m['test']['flip']['accuracy']:.2f}%" if "flip" in m["test"] else "-"
@@ -227,7 +234,7 @@ def ablation_table(run_dirs) -> str:
     for d, cfg, hist in runs:
         if len(hist) != len(ref_hist):
             raise ValueError(f"{d}: {len(hist)} epochs against the reference's {len(ref_hist)}: not an equal budget")
-        model = create_model(cfg["model"], **model_kwargs(TrainConfig(**cfg)))
+        model = _model_of(cfg)
         best = max(hist, key=lambda r: r["val_acc"])
         gains[d.name] = best["val_acc"] - ref_best
         rows.append(f"| {d.name} | {_recipe_change(cfg, ref_cfg)} | {count_params(model) / 1e6:.2f} M "

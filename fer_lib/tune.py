@@ -149,11 +149,10 @@ def create_pruner(name: str) -> optuna.pruners.BasePruner:
 def log_trials_to_stdout() -> None:
     """Optuna's trial log on stdout, without colour codes: in a notebook, stderr is drawn as an error."""
     logger = optuna.logging.get_logger("optuna")
-    if not any(getattr(h, "_fer_stdout", False) for h in logger.handlers):
+    if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stdout for h in logger.handlers):
         optuna.logging.disable_default_handler()
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("[%(levelname).1s %(asctime)s] %(message)s", "%H:%M:%S"))
-        handler._fer_stdout = True
         logger.addHandler(handler)
 
 
