@@ -173,15 +173,25 @@ def finding_03(rd: Path, m: dict):
     if not d:
         return None
     s = d.get("search", {})
-    text = (f"{d['n_trials']} Optuna trials ({d['n_pruned']} pruned), each {s.get('epochs_per_trial')} epochs on "
-            f"{s.get('train_fraction', 1):.0%} of Training, scored on PublicTest: the best reached "
+    text = (f"{d['n_trials']} Optuna trials ({d['n_pruned']} pruned), each up to {s.get('epochs_per_trial')} epochs "
+            f"on {s.get('train_fraction', 1):.0%} of Training, scored on PublicTest: the best reached "
             f"{_pct(d['best_value'])} (trial {d['best_trial']})")
-    proxy = " at that short budget (whether it holds at the full budget: the README's tuning table)"
     default = d.get("default_trial") or {}
     if default.get("value") is not None:
         gain = 100 * (d["best_value"] - default["value"])
-        text += f", {gain:+.2f} points over the profile's recipe as it is (trial {default.get('number', 0)})" + proxy
-    return text + ".", _figs(rd, "03_optimization_history.png", "03_param_importances.png")
+        text += f", {gain:+.2f} points over the untuned default (trial {default.get('number', 0)}) at that budget"
+    final = d.get("final") or {}
+    rows = {r["trial"]: r for r in final.get("finalists", [])}
+    if final.get("chosen") in rows:  # the finalists retrained at the final budget
+        chosen, rho = rows[final["chosen"]], final.get("spearman_proxy_final")
+        text += (f". Retrained at {final['final_budget']['epochs']} epochs, {len(rows)} finalists ranked "
+                 + ("as in the search" if rho == 1 else f"with Spearman {rho:+.2f} against the search"
+                    if rho is not None else "too few to correlate")
+                 + f"; chosen on PublicTest: {chosen['role']} (trial {chosen['trial']}, "
+                   f"{_pct(chosen['final_val_acc'])})")
+    else:
+        text += " (whether it holds at the full budget: the README's tuning table)"
+    return text + ".", _figs(rd, "03_optimization_history.png", "03_transfer.png")
 
 
 def finding_04(rd: Path, m: dict):

@@ -53,6 +53,11 @@ def _act(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def _scaled(width: int, mult: float) -> int:
+    """A layer width times the model's width multiplier, kept a multiple of 8 (at least 8)."""
+    return width if mult == 1 else max(8, int(round(width * mult / 8)) * 8)
+
+
 def _conv_bn(cin: int, cout: int, activation: str) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), _act(activation)]
 
@@ -60,12 +65,14 @@ def _conv_bn(cin: int, cout: int, activation: str) -> list[nn.Module]:
 class FerCNN(nn.Module):
     """Stages of `convs_per_stage` conv-BN-act layers, each stage ending in 2x2 max-pool,
     then either flatten (the original study's baseline) or global average pooling,
-    a dense layer with dropout, and the classifier."""
+    a dense layer with dropout, and the classifier. width_mult scales every width and the dense layer."""
 
     def __init__(self, widths=(64, 128, 256), convs_per_stage=1, hidden=256, global_pool=False,
-                 num_classes=7, in_chans=1, drop_rate=0.5, stage_drop=0.0, activation="relu", img_size=48):
+                 num_classes=7, in_chans=1, drop_rate=0.5, stage_drop=0.0, activation="relu", img_size=48,
+                 width_mult=1.0):
         super().__init__()
         self.img_size = img_size  # the input side: 48, or the crop side of a crop-trained model
+        widths, hidden = [_scaled(w, width_mult) for w in widths], _scaled(hidden, width_mult)
         layers, cin = [], in_chans
         for w in widths:
             for _ in range(convs_per_stage):
@@ -137,9 +144,10 @@ class FerResNet(nn.Module):
     The width grows where the image is small, so most of the compute sits in the deeper stages."""
 
     def __init__(self, widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), stem_width=32, num_classes=7,
-                 in_chans=1, drop_rate=0.3, stage_drop=0.0, activation="relu", img_size=48):
+                 in_chans=1, drop_rate=0.3, stage_drop=0.0, activation="relu", img_size=48, width_mult=1.0):
         super().__init__()
         self.img_size = img_size
+        widths, stem_width = [_scaled(w, width_mult) for w in widths], _scaled(stem_width, width_mult)
         layers, cin = _conv_bn(in_chans, stem_width, activation), stem_width
         for w, d in zip(widths, depths):
             for i in range(d):

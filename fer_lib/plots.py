@@ -94,6 +94,26 @@ def plot_history(history: list):
     return fig
 
 
+def plot_transfer(final: dict):
+    """Each finalist's PublicTest accuracy in the search (the proxy) against at the final budget
+    (fer_lib.tune.retrain_finalists' result), labelled by role; the rank correlation in the title."""
+    rows = pd.DataFrame(final["finalists"])
+    if rows.empty:
+        raise ValueError("no finalists: nothing to plot")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(100 * rows["proxy_val_acc"], 100 * rows["final_val_acc"])
+    for _, r in rows.iterrows():
+        ax.annotate(f"{r['role']} (trial {r['trial']})", (100 * r["proxy_val_acc"], 100 * r["final_val_acc"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    rho = final.get("spearman_proxy_final")
+    ax.set(xlabel="PublicTest % in the search (proxy budget)",
+           ylabel=f"PublicTest % after {final['final_budget']['epochs']} epochs",
+           title="Search score against final score, Spearman " + ("n/a" if rho is None else f"{rho:+.2f}"))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def plot_confusion(cm, class_names, normalize: bool = False, ax=None, title: str | None = None):

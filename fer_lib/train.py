@@ -43,6 +43,8 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)  # extra create_model kwargs (widths, hidden, ...)
     activation: str = "relu"           # relu | leaky_relu | elu | silu
     drop_rate: float | None = None     # head dropout; None keeps the model's default
+    stage_drop: float | None = None    # dropout after each conv stage; None keeps model_args' or the model's
+    width_mult: float = 1.0            # scales every layer's width (0.5: about a quarter of the compute)
     epochs: int = 20
     batch_size: int = 128
     optimizer: str = "sgd"             # sgd (Nesterov) | adam | adamw | rmsprop
@@ -51,6 +53,7 @@ class TrainConfig:
     momentum: float = 0.9              # sgd and rmsprop
     scheduler: str = "onecycle"        # onecycle | cosine | step | plateau | none
     step_size: int = 10                # StepLR: epochs between decays
+    step_fraction: float = 0.0         # StepLR: decay every this share of the epochs (0.25: 3 decays); 0 uses step_size
     gamma: float = 0.5                 # StepLR / plateau decay factor
     label_smoothing: float = 0.1
     class_weights: bool = False        # weight the loss by inverse class frequency (helps Disgust)
@@ -321,8 +324,13 @@ def ema_with_warmup(decay: float):
 
 
 def model_kwargs(cfg: TrainConfig) -> dict:
-    return {**cfg.model_args, "activation": cfg.activation, "drop_rate": cfg.drop_rate,
-            "img_size": cfg.crop or None}
+    """create_model's kwargs; None (and width 1) leaves the model's or model_args' own value."""
+    kw = {**cfg.model_args, "activation": cfg.activation, "drop_rate": cfg.drop_rate, "img_size": cfg.crop or None}
+    if cfg.stage_drop is not None:
+        kw["stage_drop"] = cfg.stage_drop
+    if cfg.width_mult != 1:
+        kw["width_mult"] = cfg.width_mult
+    return kw
 
 
 def build_optimizer(cfg: TrainConfig, params):
@@ -345,8 +353,9 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
                                                    steps_per_epoch=steps_per_epoch)
     if s == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if s == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if s == "step":  # step_fraction: the same schedule at any budget (a short search trial, the final run)
+        step = max(1, round(cfg.step_fraction * cfg.epochs)) if cfg.step_fraction > 0 else cfg.step_size
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=cfg.gamma)
     if s == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma, patience=2)
     if s == "none":
@@ -523,8 +532,10 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -
     if len(s.train[1]) < 2:
         raise UserError(f"the training set has {len(s.train[1])} face(s) (train_fraction {cfg.train_fraction}); "
                         "batch-norm needs at least 2: raise --train-fraction")
-    # before any resume: building the model to count MACs draws from the RNG restored below
-    params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
+    # a fresh model (the run's may be channels_last on a GPU) whose initialization must not draw from the
+    # run's random stream: a search trial, which builds none, and `fer train` on its config train alike
+    with torch.random.fork_rng(devices=[]):
+        params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
     history, best, start = [], {"val_acc": -1.0, "epoch": 0}, 1
     if ck is not None:
         s.model.load_state_dict(ck.get("train_state_dict", ck["state_dict"]))

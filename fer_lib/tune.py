@@ -1,15 +1,18 @@
-"""Optuna search over the training recipe, scored on PublicTest only.
+"""Optuna search over the training recipe, scored on PublicTest only; its finalists retrained at full budget.
 
-    fer tune --data data/fer2013.h5 --out runs/tune                       # journal file runs/tune/optuna.journal
+    fer tune --config configs/profiles/full.yaml --data data/fer2013.h5 --out runs/tune   # search, then finalists
     fer tune --data data/fer2013.h5 --out runs/tune --worker 1 --threads 1   # a 2nd process on the same study
     fer tune --storage postgresql://user:pw@host/db --study fer --worker 3   # on each of many machines
-    fer train --data data/fer2013.h5 --config runs/tune/best_params.json     # retrain the best trial
+    fer train --data data/fer2013.h5 --config runs/tune/best_params.json     # the chosen recipe, at full budget
 
-Each trial trains with fer_lib.train's engine for a few epochs on a subset of
-Training, reports PublicTest accuracy every epoch so the pruner can stop bad
-trials, and returns its best PublicTest accuracy. PrivateTest is never read.
-`--n-trials` is the study's total of finished (complete or pruned) trials,
-shared by all workers; rerunning the same command resumes an interrupted study.
+Each trial trains with fer_lib.train's engine on Training (a proxy: fewer epochs than the
+final run, its schedule stretched over them), reports PublicTest accuracy every epoch so that
+Hyperband stops weak trials early, and returns its best PublicTest accuracy. Two reference
+trials always run to the end: the engine's untuned default and the recipe searched around.
+Then the finalists (the references and the `final_top` best trials) are retrained at the
+recipe's own epochs, and the rank correlation of proxy and final scores shows whether the
+proxy ranked recipes right. PrivateTest is never read. `--n-trials` is the study's total of
+finished (complete or pruned) trials, shared by all workers; rerunning resumes a killed study.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -30,9 +34,11 @@ import pandas as pd
 import torch
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
+from scipy.stats import spearmanr
 
 from . import train
 from .data import read_info
+from .errors import UserError
 from .flags import add_dataclass_arguments, dataclass_from_arguments
 from .io import mask_url, read_config, write_atomic
 from .models import create_model
@@ -48,51 +54,68 @@ class TuneConfig:
     `train` section)."""
     n_trials: int = 30                # finished (complete or pruned) trials in the study, all workers together
     timeout: float | None = 2400      # seconds after which a worker starts no new trial (None: no limit)
-    epochs_per_trial: int = 4         # epochs each trial trains
-    train_fraction: float = 0.25      # stratified share of Training each trial trains on
-    pruner: str = "median"            # median | hyperband | none
+    epochs_per_trial: int = 9         # a trial's budget: its schedule spans these epochs (the proxy of the final run)
+    min_epochs: int = 3               # hyperband: the epochs every trial gets before it may be stopped
+    train_fraction: float = 1.0       # stratified share of Training each trial trains on
+    pruner: str = "hyperband"         # hyperband | median | none
+    workers: int = 1                  # processes on this machine sharing the study, one thread each
+    final_top: int = 3                # then retrain the best trials and both references at the final budget (0: no)
+    final_epochs: int | None = None   # the final budget; None: the recipe's own epochs (the train section's)
     study_name: str = "fer"           # workers (and reruns) with the same storage and name share the study
     seed: int = 0                     # seeds the TPE sampler and every trial's training
 HEARTBEAT_S = 60  # RDB storages: a trial silent for 2 heartbeats is failed (a worker died on another machine)
 
 
 def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
-    """The search space. Every parameter name is a TrainConfig field, so trial.params is a config."""
-    optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd", "rmsprop"])
+    """The search space. Every parameter name is a TrainConfig field, so trial.params is a config.
+    Nothing here is in absolute epochs: schedules span the run's budget (StepLR by share of it)."""
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
     # The original study's lr range suits Adam/RMSprop; SGD needs larger steps (our default is 0.05).
     trial.suggest_float("lr", 1e-5, 1e-1 if optimizer == "sgd" else 1e-2, log=True)
-    trial.suggest_categorical("batch_size", [16, 32, 64, 128])
+    trial.suggest_categorical("batch_size", [32, 64, 128, 256])
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
-    scheduler = trial.suggest_categorical("scheduler", ["step", "onecycle", "cosine"])
+    scheduler = trial.suggest_categorical("scheduler", ["onecycle", "cosine", "step"])
     if scheduler == "step":
-        trial.suggest_int("step_size", 1, max(1, base.epochs))  # in epochs of this trial's budget
+        trial.suggest_float("step_fraction", 0.1, 0.5)  # decay every 10-50% of the run
         trial.suggest_float("gamma", 0.1, 0.9)
-    trial.suggest_categorical("model", ["vgg_small", "baseline", "improved"])
+    trial.suggest_categorical("model", ["vgg_small", "baseline", "improved", "resnet_small"])
+    trial.suggest_categorical("width_mult", [0.75, 1.0, 1.25, 1.5])
     trial.suggest_categorical("activation", ["relu", "leaky_relu", "elu"])
     trial.suggest_float("drop_rate", 0.0, 0.6)
+    trial.suggest_float("stage_drop", 0.0, 0.3)
     trial.suggest_float("label_smoothing", 0.0, 0.2)
-    trial.suggest_float("augment", 0.0, 1.5)  # strength of shift/rotation/scale/erasing
+    trial.suggest_float("augment", 0.0, 1.5)  # strength of shift/rotation/scale
+    trial.suggest_float("erase", 0.0, 0.5)    # random-erasing probability
+    trial.suggest_categorical("crop", [0, 44])
+    trial.suggest_categorical("mixup", [0.0, 0.2, 0.4])
+    trial.suggest_categorical("cutmix", [0.0, 0.5, 1.0])
+    trial.suggest_categorical("ema_decay", [0.0, 0.99, 0.998, 0.999])
     return dataclasses.replace(base, **trial.params)
 
 
-def default_params(base: TrainConfig) -> dict:
-    """`base` as a point of the search space: enqueued as the study's first trial, it measures the
-    untuned recipe at the trials' budget, so the report shows what tuning gained."""
-    drop = base.drop_rate
-    if drop is None:  # the model's own head dropout
-        drop = next(m.p for m in create_model(base.model, **base.model_args).modules()
-                    if isinstance(m, torch.nn.Dropout))
-    params = {k: getattr(base, k) for k in ("optimizer", "lr", "batch_size", "weight_decay", "scheduler",
-                                            "model", "activation", "label_smoothing", "augment")}
-    params["drop_rate"] = float(drop)
-    if base.scheduler == "step":
-        params.update(step_size=base.step_size, gamma=base.gamma)
-    suggest_config(optuna.trial.FixedTrial(params), base)  # raises if the space asks for another name
+SPACE = ("optimizer", "lr", "batch_size", "weight_decay", "scheduler", "model", "width_mult", "activation",
+         "drop_rate", "stage_drop", "label_smoothing", "augment", "erase", "crop", "mixup", "cutmix", "ema_decay")
+
+
+def default_params(cfg: TrainConfig) -> dict:
+    """`cfg` as a point of the search space, the model's own dropouts spelt out; raises ValueError
+    when cfg lies outside the space (a StepLR in absolute epochs counts as its share of cfg.epochs)."""
+    params = {k: getattr(cfg, k) for k in SPACE}
+    model = create_model(cfg.model, **train.model_kwargs(cfg))
+    params["drop_rate"] = float(next(m.p for m in model.modules() if type(m) is torch.nn.Dropout))
+    params["stage_drop"] = float(next((m.p for m in model.modules() if type(m) is torch.nn.Dropout2d), 0.0))
+    if cfg.scheduler == "step":
+        params.update(step_fraction=cfg.step_fraction or cfg.step_size / cfg.epochs, gamma=cfg.gamma)
+    suggest_config(optuna.trial.FixedTrial(params), cfg)  # raises if the space asks for another name
     return params
 
 
+REFERENCES = {"default": "the engine's untuned default (TrainConfig)", "recipe": "the recipe searched around"}
+
+
 def objective(trial: optuna.Trial, base: TrainConfig) -> float:
-    """Train one suggested config; the best PublicTest accuracy over its epochs."""
+    """Train one suggested config; the best PublicTest accuracy over its epochs. The reference
+    trials are never pruned, so that each has a full-budget score to compare with."""
     cfg = suggest_config(trial, base)
     s = train.setup(cfg)  # loads Training and PublicTest only
     best = 0.0
@@ -100,7 +123,7 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
         val_acc = train.run_epoch(s, epoch)["val_acc"]
         best = max(best, val_acc)
         trial.report(val_acc, epoch)
-        if trial.should_prune():
+        if trial.should_prune() and "reference" not in trial.user_attrs:
             raise optuna.TrialPruned()
     return best
 
@@ -136,11 +159,11 @@ def open_storage(storage: str):
     return JournalStorage(JournalFileBackend(storage))  # file locks: many processes, one machine
 
 
-def create_pruner(name: str) -> optuna.pruners.BasePruner:
+def create_pruner(name: str, min_epochs: int = 1, max_epochs: int | str = "auto") -> optuna.pruners.BasePruner:
     if name == "median":  # below the median of earlier trials at the same epoch; epoch 1 is too noisy
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":  # successive halving at min_epochs, 3x that, ... up to the trial's budget
+        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ValueError(f"unknown pruner {name!r}; choose median, hyperband or none")
@@ -156,7 +179,8 @@ def log_trials_to_stdout() -> None:
         logger.addHandler(handler)
 
 
-def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = "median") -> optuna.Study:
+def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = "median", min_epochs: int = 1,
+                 max_epochs: int | str = "auto") -> optuna.Study:
     """Create or resume (load_if_exists) a maximizing study with a seeded TPE sampler."""
     if in_notebook():
         log_trials_to_stdout()
@@ -164,7 +188,7 @@ def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     return optuna.create_study(storage=open_storage(storage) if isinstance(storage, str) else storage,
                                study_name=study_name, direction="maximize", sampler=sampler,
-                               pruner=create_pruner(pruner), load_if_exists=True)
+                               pruner=create_pruner(pruner, min_epochs, max_epochs), load_if_exists=True)
 
 
 # ----------------------------------------------------------------------------- a budget shared by workers
@@ -234,24 +258,32 @@ def _stop_when_claimed(n_trials: int):
 def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n_trials: int = 30,
               timeout: float | None = None, epochs: int = 4, train_fraction: float = 0.25, seed: int = 0,
               pruner: str = "median", worker: int = 0, threads: int | None = None,
-              base: TrainConfig | None = None) -> optuna.Study:
+              base: TrainConfig | None = None, min_epochs: int = 1, workers: int = 1,
+              final_epochs: int | None = None) -> optuna.Study:
     """Run trials until the study has n_trials finished ones (all workers together) or `timeout`
-    seconds pass; then write best_params.json and trials.csv into `out`. Returns the study."""
+    seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
+
+    base is the recipe searched around, at its final budget (its own epochs, or final_epochs, and its
+    train_fraction); trials train `epochs` on `train_fraction` of Training. workers > 1 starts
+    workers - 1 more processes on the same study beside this one, each with one thread
+    (benchmarks/tune_workers.py: faster than one process with every thread)."""
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
-    if threads:
-        torch.set_num_threads(threads)  # several workers on one machine: share the cores
     storage = storage or os.environ.get(STORAGE_ENV, "")  # keeps a password off the command line
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), epochs=epochs,
-                               train_fraction=train_fraction, seed=seed, progress=False)
+    recipe = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), seed=seed, progress=False)
+    if final_epochs:
+        recipe = dataclasses.replace(recipe, epochs=final_epochs)
+    trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
     # Each worker samples with its own seed, else parallel workers propose the same first trials.
-    study = create_study(storage or str(out / "optuna.journal"), study_name, seed + worker, pruner)
-    fixed = {k: v for k, v in dataclasses.asdict(base).items()
+    study = create_study(storage or str(out / "optuna.journal"), study_name, seed + worker, pruner,
+                         min(min_epochs, epochs), epochs)
+    fixed = {k: v for k, v in dataclasses.asdict(recipe).items()
              if k not in ("data", "out", "epochs", "train_fraction", "seed")}
     search = {"data_sha256": read_info(data)["source_sha256"], "epochs_per_trial": epochs,
-              "train_fraction": train_fraction, "seed": seed, "base_config": fixed}
+              "train_fraction": train_fraction, "seed": seed, "base_config": fixed,
+              "final": {"epochs": recipe.epochs, "train_fraction": recipe.train_fraction}}
     for key, value in search.items():  # a resumed study must keep its trials comparable
         old = study.user_attrs.get(key, value)
         if old != value:
@@ -263,55 +295,163 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     if dead:
         print(f"trials {dead} were left running by a worker that died; marked FAIL")
     if worker == 0:
-        enqueue_default(study, base)
+        enqueue_references(study, recipe)
+    helpers = _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction,
+                             seed, pruner, min_epochs) if worker == 0 and workers > 1 else []
+    threads_before = torch.get_num_threads()
+    if threads or helpers:
+        torch.set_num_threads(1 if helpers else threads)  # several workers on one machine: share the cores
 
     def budgeted_objective(trial):
         claim_slot(trial, n_trials)
-        return objective(trial, base)
+        return objective(trial, trial_base)
 
-    if count_claimed(study) < n_trials:
-        study.optimize(budgeted_objective, n_trials=n_trials, timeout=timeout, catch=(SurplusTrial,),
-                       callbacks=[_stop_when_claimed(n_trials)])
+    try:
+        if count_claimed(study) < n_trials:
+            study.optimize(budgeted_objective, n_trials=n_trials, timeout=timeout, catch=(SurplusTrial,),
+                           callbacks=[_stop_when_claimed(n_trials)])
+        for proc, log in helpers:
+            if proc.wait() != 0:
+                raise RuntimeError(f"search worker {proc.args[proc.args.index('--worker') + 1]} failed "
+                                   f"(exit {proc.returncode}); its log: {log}")
+    finally:
+        for proc, _ in helpers:  # interrupted: the other workers stop too (their trials are marked FAIL on resume)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+        torch.set_num_threads(threads_before)  # a notebook's later cells (the finalists) get every core again
     write_results(study, out)
     return study
 
 
-def enqueue_default(study: optuna.Study, base: TrainConfig) -> bool:
-    """Queue the untuned default recipe unless a copy of it finished or is queued or running: a
-    default trial killed (and marked FAIL) is queued again, so the study always gets one."""
-    alive = FINISHED + (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
-    if any(t.user_attrs.get("default_config") and t.state in alive for t in study.get_trials(deepcopy=False)):
-        return False
-    study.enqueue_trial(default_params(base), user_attrs={"default_config": True})
-    return True
+def _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction, seed,
+                   pruner, min_epochs) -> list:
+    """`fer tune --worker i --threads 1` for i in 1..workers-1, on this study; [(process, log file)]."""
+    recipe_file = out / "search_recipe.json"
+    write_atomic(recipe_file, json.dumps({k: v for k, v in dataclasses.asdict(recipe).items()
+                                          if k not in ("data", "out")}, indent=2))
+    # the storage URL goes by the environment, so that a password is not on any command line
+    env = {**os.environ, STORAGE_ENV: storage or str(out / "optuna.journal"), "FER_PROGRESS": "0"}
+    helpers = []
+    for w in range(1, workers):
+        cmd = [sys.executable, "-m", "fer_lib.cli", "tune", "--data", recipe.data, "--out", str(out),
+               "--config", str(recipe_file), "--study", study_name, "--n-trials", str(n_trials),
+               "--epochs", str(epochs), "--min-epochs", str(min_epochs), "--train-fraction", str(train_fraction),
+               "--pruner", pruner, "--seed", str(seed), "--worker", str(w), "--threads", "1", "--workers", "1",
+               "--final-top", "0", "--timeout", str(1e12 if timeout is None else timeout)]  # None: no limit
+        log = out / f"worker_{w}.log"
+        with open(log, "w") as fh:
+            helpers.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
+    return helpers
 
 
-def write_results(study: optuna.Study, out) -> Path | None:
-    """OUT/trials.csv, and OUT/best_params.json that `fer train --config` reads as it is."""
+def enqueue_references(study: optuna.Study, recipe: TrainConfig) -> list[str]:
+    """Queue the untuned default and the recipe searched around (as points of the space), each
+    unless a copy of it finished or is queued or running: one killed (and marked FAIL) is queued
+    again, so the study always gets both. One trial serves both when they are the same point.
+    Returns the references queued."""
+    alive = FINISHED + (TrialState.WAITING, TrialState.RUNNING)
+    have = set(references(study, alive))
+    # the untuned default keeps the recipe's architecture shape (widths), not its tuned dropouts
+    shape = {k: v for k, v in recipe.model_args.items() if k not in SPACE}
+    points = {"default": default_params(TrainConfig(model_args=shape, epochs=recipe.epochs)),
+              "recipe": default_params(recipe)}
+    missing = [ref for ref in REFERENCES if ref not in have]
+    if missing == list(REFERENCES) and points["default"] == points["recipe"]:
+        missing = ["+".join(REFERENCES)]
+    for ref in missing:
+        study.enqueue_trial(points[ref.split("+")[0]], user_attrs={"reference": ref})
+    return missing
+
+
+def trial_config(study: optuna.Study, trial, final: bool = False, **fields) -> TrainConfig:
+    """The whole training config of a trial, from the storage alone: the study's fixed fields, the
+    trial's parameters, and the trial's budget (or, final=True, the recipe's); fields on top."""
+    a = study.user_attrs
+    budget = a["final"] if final else {"epochs": a["epochs_per_trial"], "train_fraction": a["train_fraction"]}
+    return TrainConfig(**{**a["base_config"], **trial.params, **budget, "seed": a["seed"], **fields})
+
+
+def references(study: optuna.Study, states=FINISHED) -> dict:
+    """{"default"|"recipe": the latest trial of that reference in these states}."""
+    return {ref: t for t in study.get_trials(deepcopy=False, states=states)
+            for ref in t.user_attrs.get("reference", "").split("+") if ref}
+
+
+def finalists(study: optuna.Study, k: int) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+    """What is retrained at the final budget: the references and the k best other complete trials."""
+    refs = references(study)
+    ranked = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if not t.user_attrs.get("reference")), key=lambda t: -t.value)
+    roles = {}  # trial number -> its roles; one run for a trial that is both references
+    for ref in REFERENCES:
+        if ref in refs:
+            roles.setdefault(refs[ref].number, (refs[ref], []))[1].append(ref)
+    return [("+".join(r), t) for t, r in roles.values()] + [(f"search #{i + 1}", t) for i, t in enumerate(ranked[:k])]
+
+
+def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: int | None = None) -> dict:
+    """Train each finalist at the recipe's epochs into OUT/final/trial_<n> (resumed when killed),
+    PublicTest only; then the rank correlation of proxy and final PublicTest scores, and the choice.
+    Writes OUT/final.json and points OUT/best_params.json at the chosen finalist."""
+    if threads:
+        torch.set_num_threads(threads)
+    out, rows = Path(out), []
+    for role, t in finalists(study, k):
+        cfg = trial_config(study, t, final=True, data=str(data), out=str(out / "final" / f"trial_{t.number}"))
+        result = train.fit(cfg, resume="auto")
+        rows.append({"role": role, "trial": t.number, "proxy_val_acc": t.value,
+                     "final_val_acc": result["best"]["val_acc"], "final_epoch": result["best"]["epoch"],
+                     "run": cfg.out, "train_config": _recipe_fields(cfg)})
+    proxy, final = [r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows]
+    rho = float(spearmanr(proxy, final).statistic) if len(rows) > 2 and len(set(proxy)) > 1 < len(set(final)) \
+        else None
+    searched = [r for r in rows if r["role"].startswith("search")]
+    result = {"finalists": rows, "spearman_proxy_final": rho, "final_budget": study.user_attrs["final"],
+              "chosen": max(rows, key=lambda r: r["final_val_acc"])["trial"] if rows else None,
+              "search_best": max(searched, key=lambda r: r["final_val_acc"])["trial"] if searched else None}
+    write_atomic(out / "final.json", json.dumps(result, indent=2))
+    write_results(study, out, final=result)
+    return result
+
+
+def _recipe_fields(cfg: TrainConfig) -> dict:
+    """A config without where it ran: what `fer train --config` should read."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "progress")}
+
+
+def write_results(study: optuna.Study, out, final: dict | None = None) -> Path | None:
+    """OUT/trials.csv, and OUT/best_params.json that `fer train --config` reads as it is: the whole
+    recipe at the final budget of the best trial (by its proxy score), or, once the finalists are
+    retrained (`final`), of the finalist with the best PublicTest accuracy at the final budget."""
     out = Path(out)
     write_atomic(out / "trials.csv", study.trials_dataframe().to_csv(index=False))
     summary = summarize_study(study)
     if "best_params" not in summary:
         return None
-    payload = {"train_config": summary.pop("best_params"),  # TrainConfig fields; add --epochs etc. when retraining
-               "metric": "best_value: the best PublicTest accuracy within the trial", **summary}
+    best = study.best_trial
+    chosen_by = "the best proxy score (best_value: the best PublicTest accuracy within the trial)"
+    if final and final.get("chosen") is not None:
+        best = study.trials[final["chosen"]]
+        chosen_by = "the best PublicTest accuracy of the finalists retrained at the final budget (final.json)"
+    payload = {"train_config": _recipe_fields(trial_config(study, best, final=True)), "trial": best.number,
+               "chosen_by": chosen_by, "metric": "best_value: the best PublicTest accuracy within the trial",
+               **summary}
     write_atomic(out / "best_params.json", json.dumps(payload, indent=2))
     return out / "best_params.json"
 
 
 def summarize_study(study: optuna.Study) -> dict:
-    """Counts per state and the best trial, as plain data for reports."""
+    """Counts per state, the best trial and the reference trials, as plain data for reports."""
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     summary = {"study": study.study_name, "n_trials": states.count("COMPLETE") + states.count("PRUNED"),
                "n_complete": states.count("COMPLETE"), "n_pruned": states.count("PRUNED"),
                "n_failed": states.count("FAIL"), "search": study.user_attrs}
     if summary["n_complete"]:
         summary.update(best_value=study.best_value, best_trial=study.best_trial.number, best_params=study.best_params)
-    default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_config") and t.state in FINISHED]
-    if default:  # pruned: its last reported accuracy
-        t = default[0]
+    for ref, t in references(study).items():  # pruned (an older study): its last reported accuracy
         value = t.value if t.value is not None else max(t.intermediate_values.values(), default=None)
-        summary["default_trial"] = {"number": t.number, "state": t.state.name, "params": t.params, "value": value}
+        summary[f"{ref}_trial"] = {"number": t.number, "state": t.state.name, "params": t.params, "value": value}
     return summary
 
 
@@ -343,16 +483,50 @@ def add_arguments(p) -> None:
     add_dataclass_arguments(p, TuneConfig, flags={"study_name": "--study", "epochs_per_trial": "--epochs"})
     p.add_argument("--worker", type=int, default=0, help="distinct index per parallel worker (sampler seed)")
     p.add_argument("--threads", type=int, help="torch threads per worker (e.g. cores / workers)")
+    p.add_argument("--export-trial", type=int, metavar="N", help="write trial N's whole training config, from the "
+                   "storage, to OUT/trial_N.json (at the trial's budget; --final-budget: at the final one) and stop")
+    p.add_argument("--final-budget", action="store_true", help="with --export-trial: at the final budget")
+
+
+def export_trial(study: optuna.Study, number: int, out, final: bool = False) -> Path:
+    """OUT/trial_<n>.json: what `fer train --config` needs to train trial n again (data and out aside)."""
+    if not 0 <= number < len(study.trials) or not study.trials[number].params:
+        raise UserError(f"--export-trial {number}: study {study.study_name!r} has no such trial with parameters "
+                        f"(trials 0..{len(study.trials) - 1})")
+    cfg = trial_config(study, study.trials[number], final=final)
+    return write_atomic(Path(out) / f"trial_{number}.json", json.dumps({"train_config": _recipe_fields(cfg)}, indent=2))
 
 
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, TuneConfig, read_config(args.config).get("tune", {}) if args.config else {})
+    if args.export_trial is not None:
+        storage = args.storage or os.environ.get(STORAGE_ENV, "") or str(Path(args.out) / "optuna.journal")
+        if "://" not in storage and not Path(storage).is_file():
+            raise UserError(f"{storage}: no study here to export from (run fer tune first)")
+        try:
+            study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(storage))
+        except KeyError:
+            raise UserError(f"{describe_storage(storage, args.out)} holds no study {cfg.study_name!r}") from None
+        path = export_trial(study, args.export_trial, args.out, args.final_budget)
+        print(f"wrote {path}; train it: fer train --data {args.data} --config {path}")
+        return 0
     study = run_study(args.data, args.out, args.storage, cfg.study_name, cfg.n_trials, cfg.timeout,
                       cfg.epochs_per_trial, cfg.train_fraction, cfg.seed, cfg.pruner,
-                      args.worker, args.threads, resolve_config(args.config))
+                      args.worker, args.threads, resolve_config(args.config), cfg.min_epochs, cfg.workers,
+                      cfg.final_epochs)
     summary = summarize_study(study)
     print(f"study {summary['study']!r}: {summary['n_trials']} finished trials ({summary['n_pruned']} pruned)")
-    if "best_value" in summary:
-        print(f"best PublicTest acc {summary['best_value']:.4f} (trial {summary['best_trial']}); "
-              f"retrain: fer train --data {args.data} --config {Path(args.out) / 'best_params.json'}")
+    if "best_value" not in summary:
+        return 0
+    print(f"best PublicTest acc {summary['best_value']:.4f} (trial {summary['best_trial']}) in "
+          f"{summary['search']['epochs_per_trial']} epochs")
+    if cfg.final_top > 0 and args.worker == 0:
+        final = retrain_finalists(study, args.data, args.out, cfg.final_top, args.threads)
+        for r in final["finalists"]:
+            print(f"trial {r['trial']:3d} ({r['role']}): PublicTest {r['proxy_val_acc']:.4f} in the search, "
+                  f"{r['final_val_acc']:.4f} at {final['final_budget']['epochs']} epochs")
+        rho = final["spearman_proxy_final"]
+        print(f"rank correlation of search and final scores: {'n/a' if rho is None else f'{rho:+.2f}'}; "
+              f"chosen on PublicTest: trial {final['chosen']}")
+    print(f"retrain: fer train --data {args.data} --config {Path(args.out) / 'best_params.json'}")
     return 0

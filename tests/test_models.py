@@ -69,6 +69,18 @@ def test_create_model_drops_none_and_passes_kwargs():
     assert count_params(narrow) < PARAMS["baseline"] // 10
 
 
+@pytest.mark.parametrize("name", ["vgg_small", "resnet_small"])
+def test_width_mult_scales_every_layer(name):
+    """width_mult 0.5 halves each width (kept a multiple of 8): about a quarter of the compute; 1 is the model."""
+    assert count_macs(create_model(name, width_mult=1.0)) == MACS[name]
+    half = create_model(name, width_mult=0.5)
+    widths = [m.out_channels for m in half.modules() if isinstance(m, torch.nn.Conv2d)]
+    full = [m.out_channels for m in create_model(name).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [max(8, w // 2) for w in full]
+    assert 0.2 < count_macs(half) / MACS[name] < 0.3
+    assert half(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+
+
 def test_bad_names_raise():
     with pytest.raises(ValueError, match="unknown model 'resnet50'.*baseline"):
         create_model("resnet50")

@@ -14,7 +14,8 @@ from fer_lib.cli import main
 from fer_lib.data import load_split
 from fer_lib.models import load_checkpoint, load_model
 from fer_lib.synthetic import write_synthetic_h5
-from fer_lib.train import (TrainConfig, augment_batch, build_optimizer, export_checkpoint, fit, pick_device,
+from fer_lib.train import (TrainConfig, augment_batch, build_optimizer, build_scheduler, export_checkpoint, fit,
+                           pick_device,
                            resolve_config, stratified_subset)
 
 # A narrow baseline (8-16-32 channels): a tiny epoch of the synthetic set takes about a second.
@@ -274,6 +275,22 @@ def test_every_scheduler_trains(synthetic_h5, tmp_path, scheduler):
     else:
         assert h[0]["lr"] == pytest.approx(0.01)
         assert h[1]["lr"] == pytest.approx(EXPECTED_LR_AT_EPOCH_2[scheduler], rel=1e-6)
+
+
+def test_step_fraction_is_the_same_schedule_at_any_budget():
+    """StepLR by share of the run: a 4-epoch search trial and the 16-epoch final run decay at the same
+    points of their schedules (a quarter, a half, three quarters); step_size counts epochs."""
+    def lrs(**kw):
+        cfg = TrainConfig(scheduler="step", lr=1.0, gamma=0.5, **kw)
+        sched = build_scheduler(cfg, build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))]), steps_per_epoch=1)
+        out = []
+        for _ in range(cfg.epochs):
+            out.append(sched.get_last_lr()[0])
+            sched.step()
+        return out
+    assert lrs(epochs=4, step_fraction=0.25) == [1, 0.5, 0.25, 0.125]
+    assert lrs(epochs=16, step_fraction=0.25) == [1] * 4 + [0.5] * 4 + [0.25] * 4 + [0.125] * 4
+    assert lrs(epochs=4, step_size=3) == [1, 1, 1, 0.5]
 
 
 def test_plot_history():

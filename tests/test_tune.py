@@ -17,7 +17,9 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.trial import TrialState
+from scipy.stats import spearmanr
 
 import fer_lib.train
 from fer_lib import tune
@@ -25,7 +27,7 @@ from fer_lib.models import create_model
 from fer_lib.train import TrainConfig, build_optimizer, build_scheduler, model_kwargs, resolve_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TINY = {"model_args": {"widths": [8, 16], "hidden": 16}}  # every model in the space, 2 stages: ~0.1 s a step
+TINY = {"model_args": {"widths": [8, 16]}}  # every model in the space, 2 stages: ~0.1 s a step
 
 
 def fer_tune(h5, out, *args, epochs=1) -> list[str]:
@@ -33,7 +35,8 @@ def fer_tune(h5, out, *args, epochs=1) -> list[str]:
     base = Path(out) / "base.json"
     base.write_text(json.dumps(TINY))
     return [sys.executable, "-m", "fer_lib.cli", "tune", "--data", str(h5), "--out", str(out), "--config", str(base),
-            "--epochs", str(epochs), "--train-fraction", "0.3", "--threads", "1", "--timeout", "300", *args]
+            "--epochs", str(epochs), "--train-fraction", "0.3", "--threads", "1", "--timeout", "300",
+            "--final-top", "0", *args]  # the finalists: test_finalists_are_retrained_at_the_recipes_budget
 
 
 def load(storage, name="fer") -> optuna.Study:
@@ -41,12 +44,13 @@ def load(storage, name="fer") -> optuna.Study:
 
 
 def test_space_yields_valid_configs():
-    base = TrainConfig(epochs=4)
+    base = TrainConfig(epochs=4, **TINY)
 
     def build(trial):  # every suggestion must build a model, optimizer and scheduler
         cfg = tune.suggest_config(trial, base)
         assert cfg == resolve_config(**{**dataclasses.asdict(base), **trial.params})  # params are config fields
         model = create_model(cfg.model, **model_kwargs(cfg))
+        assert model(torch.zeros(2, 1, cfg.crop or 48, cfg.crop or 48)).shape == (2, 7)
         build_scheduler(cfg, build_optimizer(cfg, model.parameters()), steps_per_epoch=10)
         return -abs(np.log10(cfg.lr) + 3)
 
@@ -56,14 +60,18 @@ def test_space_yields_valid_configs():
     assert (df.state == "COMPLETE").all()
     assert set(df.params_optimizer) == {"adam", "sgd", "rmsprop"}
     assert set(df.params_scheduler) == {"step", "onecycle", "cosine"}
-    assert set(df.params_model) <= {"vgg_small", "baseline", "improved"}
-    assert set(df.params_batch_size) <= {16, 32, 64, 128}
+    assert set(df.params_model) <= {"vgg_small", "baseline", "improved", "resnet_small"}
+    assert set(df.params_batch_size) <= {32, 64, 128, 256}
+    assert set(df.params_width_mult) <= {0.75, 1.0, 1.25, 1.5} and set(df.params_crop) <= {0, 44}
+    assert set(df.params_ema_decay) <= {0.0, 0.99, 0.998, 0.999}
     adaptive = df.params_optimizer != "sgd"
     assert df.params_lr[adaptive].between(1e-5, 1e-2).all() and df.params_lr[~adaptive].between(1e-5, 1e-1).all()
     assert df.params_weight_decay.between(1e-6, 1e-2).all()
     step = df.params_scheduler == "step"
-    assert df.params_step_size[step].between(1, 4).all() and df.params_gamma[step].between(0.1, 0.9).all()
-    assert df.params_step_size[~step].isna().all()
+    # StepLR as a share of the run, not in epochs: the same schedule at the trial's and the final budget
+    assert df.params_step_fraction[step].between(0.1, 0.5).all() and df.params_gamma[step].between(0.1, 0.9).all()
+    assert df.params_step_fraction[~step].isna().all() and "params_step_size" not in df
+    assert set(tune.SPACE) <= {c.removeprefix("params_") for c in df.columns}
 
 
 def check_shared_budget(study: optuna.Study, n: int, pids: set) -> None:
@@ -182,13 +190,15 @@ def test_study_never_reads_the_test_split(synthetic_h5, tmp_path, monkeypatch):
 
     def trials(h5, out):
         study = tune.run_study(str(h5), str(tmp_path / out), n_trials=4, epochs=2, train_fraction=0.3, seed=0,
-                               base=TrainConfig(**TINY))
-        return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials]
+                               base=TrainConfig(**TINY, epochs=2, train_fraction=0.3))
+        final = tune.retrain_finalists(study, str(h5), tmp_path / out, k=1)
+        return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials] + \
+            [(r["trial"], r["final_val_acc"], r["final_epoch"]) for r in final["finalists"]]
 
     original, with_scrambled_test = trials(synthetic_h5, "a"), trials(scrambled, "b")
     assert original == with_scrambled_test
     assert set(splits_read) == {"train", "val"}
-    complete = [t for t in original if t[1] == TrialState.COMPLETE]
+    complete = [t for t in original if len(t) > 3 and t[1] == TrialState.COMPLETE]
     assert complete and all(set(t[4]) == {1, 2} for t in complete)  # PublicTest reported every epoch
 
 
@@ -243,38 +253,138 @@ def test_compare_with_original():
     assert table.loc["augment"].tolist() == [None, 0.5]
 
 
-def test_the_untuned_default_is_the_first_trial(synthetic_h5, tmp_path):
-    base = TrainConfig(**TINY)
-    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=3, epochs=1, train_fraction=0.3, base=base,
+UNTUNED = {"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "scheduler": "onecycle",
+           "model": "vgg_small", "width_mult": 1.0, "activation": "relu", "drop_rate": 0.4, "stage_drop": 0.1,
+           "label_smoothing": 0.1, "augment": 1.0, "erase": 0.25, "crop": 0, "mixup": 0.0, "cutmix": 0.0,
+           "ema_decay": 0.0}  # TrainConfig's defaults, vgg_small's own dropouts spelt out
+
+
+def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
+    """Trial 0 is the engine's untuned default, trial 1 the recipe searched around (its tuned stage
+    dropout in model_args, a StepLR in epochs read as its share of the recipe's epochs)."""
+    recipe = TrainConfig(model_args={**TINY["model_args"], "stage_drop": 0.0}, augment=0.5, erase=0.0,
+                         batch_size=64, scheduler="step", step_size=3, gamma=0.5, epochs=6)
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=3, epochs=1, train_fraction=0.3, base=recipe,
                            pruner="none")
-    first = study.trials[0]
-    assert first.user_attrs["default_config"] and first.state == TrialState.COMPLETE
-    expected = {"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "scheduler": "onecycle",
-                "model": "vgg_small", "activation": "relu", "label_smoothing": 0.1, "augment": 1.0,
-                "drop_rate": 0.4}  # vgg_small's own head dropout
-    assert first.params == expected
-    assert tune.summarize_study(study)["default_trial"]["value"] == first.value
-    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=4, epochs=1, train_fraction=0.3, base=base,
-                             pruner="none")  # resuming does not enqueue it again
-    assert [t.user_attrs.get("default_config", False) for t in resumed.trials] == [True, False, False, False]
-    with pytest.raises(ValueError, match="step_size"):  # a base outside the space is refused, not half-run
-        tune.suggest_config(optuna.trial.FixedTrial({**expected, "scheduler": "step"}), base)
+    default, mine = study.trials[:2]
+    assert [t.user_attrs["reference"] for t in (default, mine)] == ["default", "recipe"]
+    assert default.state == mine.state == TrialState.COMPLETE
+    assert default.params == UNTUNED
+    assert mine.params == {**UNTUNED, "batch_size": 64, "scheduler": "step", "step_fraction": 0.5, "gamma": 0.5,
+                           "stage_drop": 0.0, "augment": 0.5, "erase": 0.0}
+    summary = tune.summarize_study(study)
+    assert summary["default_trial"]["value"] == default.value and summary["recipe_trial"]["value"] == mine.value
+    # from the storage alone, each trial's whole config: at the trial's budget and at the recipe's
+    assert tune.trial_config(study, mine, final=True).model_args == recipe.model_args
+    assert tune.trial_config(study, mine).epochs == 1 and tune.trial_config(study, mine, final=True).epochs == 6
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=4, epochs=1, train_fraction=0.3,
+                             base=recipe, pruner="none")  # resuming does not enqueue them again
+    assert [t.user_attrs.get("reference") for t in resumed.trials] == ["default", "recipe", None, None]
+    with pytest.raises(ValueError, match="step_fraction"):  # a base outside the space is refused, not half-run
+        tune.suggest_config(optuna.trial.FixedTrial({**UNTUNED, "scheduler": "step"}), recipe)
 
 
-def test_a_killed_default_trial_is_run_again(synthetic_h5, tmp_path):
+def test_a_killed_reference_trial_is_run_again(synthetic_h5, tmp_path):
     """Trial 0 killed (marked FAIL): the rerun queues the default again, and readers find it."""
-    base = TrainConfig(**TINY)
     study = tune.create_study(str(tmp_path / "optuna.journal"), "fer")
-    study.enqueue_trial(tune.default_params(dataclasses.replace(base, epochs=1, train_fraction=0.3, seed=0,
-                                                                progress=False)), user_attrs={"default_config": True})
+    study.enqueue_trial(UNTUNED, user_attrs={"reference": "default"})
     t = study.ask()
     study.tell(t, state=TrialState.FAIL)
-    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=2, epochs=1, train_fraction=0.3, base=base,
-                             pruner="none")
-    defaults = [t for t in resumed.trials if t.user_attrs.get("default_config")]
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=2, epochs=1, train_fraction=0.3,
+                             base=TrainConfig(**TINY), pruner="none")
+    defaults = [t for t in resumed.trials if "default" in t.user_attrs.get("reference", "").split("+")]
     assert [t.state for t in defaults] == [TrialState.FAIL, TrialState.COMPLETE]
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["default_trial"]["number"] == defaults[1].number
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def test_references_are_never_pruned(synthetic_h5, tmp_path):
+    """A pruner that stops every trial at its first report stops none of the references: each finalist
+    has a full-budget score to be compared with."""
+    base = TrainConfig(**TINY, data=str(synthetic_h5), epochs=2, train_fraction=0.3, progress=False)
+    study = optuna.create_study(direction="maximize", pruner=PruneAll(), sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(UNTUNED, user_attrs={"reference": "default"})
+    study.enqueue_trial(UNTUNED)
+    study.optimize(lambda trial: tune.objective(trial, base), n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert set(study.trials[0].intermediate_values) == {1, 2} and set(study.trials[1].intermediate_values) == {1}
+    assert isinstance(tune.create_pruner("hyperband", 2, 9), optuna.pruners.HyperbandPruner)
+
+
+def test_finalists_are_retrained_at_the_recipes_budget(synthetic_h5, tmp_path):
+    recipe = TrainConfig(**TINY, epochs=2, train_fraction=0.3, batch_size=64)
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=5, epochs=1, train_fraction=0.3, base=recipe,
+                           pruner="none")
+    final = tune.retrain_finalists(study, str(synthetic_h5), tmp_path, k=2)
+    rows = final["finalists"]
+    searched = sorted((t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "reference" not in t.user_attrs),
+                      key=lambda t: -t.value)
+    assert [r["role"] for r in rows] == ["default", "recipe", "search #1", "search #2"]
+    assert [r["trial"] for r in rows] == [0, 1, searched[0].number, searched[1].number]
+    for r in rows:  # each run is the trial's parameters on the recipe, at the recipe's epochs and share of Training
+        trial = study.trials[r["trial"]]
+        cfg = json.loads((Path(r["run"]) / "config.json").read_text())
+        history = json.loads((Path(r["run"]) / "history.json").read_text())
+        assert {k: cfg[k] for k in trial.params} == trial.params
+        assert (cfg["epochs"], cfg["train_fraction"], len(history)) == (2, 0.3, 2)
+        assert r["final_val_acc"] == max(h["val_acc"] for h in history) and r["proxy_val_acc"] == trial.value
+    proxy, scored = [r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows]
+    rho = final["spearman_proxy_final"]
+    assert rho is None or rho == pytest.approx(spearmanr(proxy, scored).statistic)
+    chosen = max(rows, key=lambda r: r["final_val_acc"])
+    assert final["chosen"] == chosen["trial"]
+    assert final["search_best"] == max(rows[2:], key=lambda r: r["final_val_acc"])["trial"]
+    # `fer train --config best_params.json` trains exactly the chosen finalist's run
+    best = json.loads((tmp_path / "best_params.json").read_text())
+    assert best["trial"] == chosen["trial"] and "finalists" in best["chosen_by"]
+    ran = json.loads((Path(chosen["run"]) / "config.json").read_text())
+    assert dataclasses.asdict(resolve_config(str(tmp_path / "best_params.json"), data=ran["data"], out=ran["out"],
+                                             progress=ran["progress"])) == ran
+    # a rerun (after a kill, say) finds the runs finished and trains nothing again
+    again = tune.retrain_finalists(study, str(synthetic_h5), tmp_path, k=2)
+    assert again == final
+
+
+def test_any_trial_is_reproducible_from_the_storage(synthetic_h5, tmp_path, capsys):
+    """fer tune --export-trial N writes trial N's whole config; fer train --config trains that trial again."""
+    from fer_lib.cli import main
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({**TINY, "augment": 0.5}))
+    args = ["tune", "--data", str(synthetic_h5), "--out", str(tmp_path), "--config", str(base), "--epochs", "1",
+            "--train-fraction", "0.3", "--n-trials", "3", "--pruner", "none", "--final-top", "0"]
+    assert main(args) == 0
+    study = load(str(tmp_path / "optuna.journal"))
+    trial = study.trials[2]
+    assert main([*args, "--export-trial", "2"]) == 0
+    exported = json.loads((tmp_path / "trial_2.json").read_text())["train_config"]
+    assert {k: exported[k] for k in trial.params} == trial.params
+    assert (exported["epochs"], exported["train_fraction"], exported["augment"]) == (1, 0.3, trial.params["augment"])
+    assert exported["model_args"] == TINY["model_args"]
+    run = tmp_path / "again"
+    assert main(["train", "--data", str(synthetic_h5), "--config", str(tmp_path / "trial_2.json"), "--out", str(run),
+                 "--progress", "false"]) == 0
+    again = json.loads((run / "history.json").read_text())
+    assert max(r["val_acc"] for r in again) == pytest.approx(trial.value)  # the same trial, trained again
+    capsys.readouterr()
+    assert main([*args, "--export-trial", "7"]) == 2
+    assert "no such trial" in capsys.readouterr().err
+    assert main([*args[:-2], "--study", "other", "--export-trial", "0"]) == 2
+
+
+def test_two_workers_from_one_call(synthetic_h5, tmp_path):
+    """workers=2 (notebook 03): a second process on the same study, one thread each, one shared budget."""
+    threads = torch.get_num_threads()
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=6, epochs=1, train_fraction=0.3,
+                           base=TrainConfig(**TINY), pruner="none", workers=2)
+    assert len(study.get_trials(states=FINISHED)) == 6 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert len({t.user_attrs["pid"] for t in study.get_trials(states=FINISHED)}) <= 2
+    assert "finished trials" in (tmp_path / "worker_1.log").read_text()  # it ran to its end, on this study
+    assert torch.get_num_threads() == threads  # the caller's threads are given back
 
 
 def test_readers_cope_with_a_study_without_its_default(tmp_path):
