@@ -276,6 +276,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     if final_epochs:
         recipe = dataclasses.replace(recipe, epochs=final_epochs)
     trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
+    points = reference_points(recipe)  # before the study exists: a recipe outside the space leaves nothing behind
     # Each worker samples with its own seed, else parallel workers propose the same first trials.
     study = create_study(storage or str(out / "optuna.journal"), study_name, seed + worker, pruner,
                          min(min_epochs, epochs), epochs)
@@ -295,7 +296,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     if dead:
         print(f"trials {dead} were left running by a worker that died; marked FAIL")
     if worker == 0:
-        enqueue_references(study, recipe)
+        enqueue_references(study, points)
     helpers = _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction,
                              seed, pruner, min_epochs) if worker == 0 and workers > 1 else []
     threads_before = torch.get_num_threads()
@@ -345,17 +346,24 @@ def _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout,
     return helpers
 
 
-def enqueue_references(study: optuna.Study, recipe: TrainConfig) -> list[str]:
-    """Queue the untuned default and the recipe searched around (as points of the space), each
-    unless a copy of it finished or is queued or running: one killed (and marked FAIL) is queued
-    again, so the study always gets both. One trial serves both when they are the same point.
-    Returns the references queued."""
-    alive = FINISHED + (TrialState.WAITING, TrialState.RUNNING)
-    have = set(references(study, alive))
+def reference_points(recipe: TrainConfig) -> dict:
+    """{"default": the engine's untuned default, "recipe": the recipe searched around}, as points of the
+    space; UserError when the recipe lies outside it."""
     # the untuned default keeps the recipe's architecture shape (widths), not its tuned dropouts
     shape = {k: v for k, v in recipe.model_args.items() if k not in SPACE}
-    points = {"default": default_params(TrainConfig(model_args=shape, epochs=recipe.epochs)),
-              "recipe": default_params(recipe)}
+    try:
+        return {"default": default_params(TrainConfig(model_args=shape, epochs=recipe.epochs)),
+                "recipe": default_params(recipe)}
+    except ValueError as e:  # e.g. a recipe of a model or optimizer the space does not hold
+        raise UserError(f"the recipe to search around lies outside the search space (fer_lib.tune.suggest_config): "
+                        f"{e}") from None
+
+
+def enqueue_references(study: optuna.Study, points: dict) -> list[str]:
+    """Queue the reference_points, each unless a copy of it finished or is queued or running: one
+    killed (and marked FAIL) is queued again, so the study always gets both. One trial serves both
+    when they are the same point. Returns the references queued."""
+    have = set(references(study, FINISHED + (TrialState.WAITING, TrialState.RUNNING)))
     missing = [ref for ref in REFERENCES if ref not in have]
     if missing == list(REFERENCES) and points["default"] == points["recipe"]:
         missing = ["+".join(REFERENCES)]

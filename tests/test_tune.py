@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 import fer_lib.train
+from fer_lib.errors import UserError
 from fer_lib import tune
 from fer_lib.models import create_model
 from fer_lib.train import TrainConfig, build_optimizer, build_scheduler, model_kwargs, resolve_config
@@ -282,6 +283,9 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     assert [t.user_attrs.get("reference") for t in resumed.trials] == ["default", "recipe", None, None]
     with pytest.raises(ValueError, match="step_fraction"):  # a base outside the space is refused, not half-run
         tune.suggest_config(optuna.trial.FixedTrial({**UNTUNED, "scheduler": "step"}), recipe)
+    with pytest.raises(UserError, match="outside the search space.*'vgg' not in"):
+        tune.run_study(str(synthetic_h5), str(tmp_path / "vgg"), n_trials=1, epochs=1, base=TrainConfig(model="vgg"))
+    assert not (tmp_path / "vgg" / "optuna.journal").exists()  # refused before anything is written
 
 
 def test_a_killed_reference_trial_is_run_again(synthetic_h5, tmp_path):
