@@ -271,12 +271,12 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
     storage = storage or os.environ.get(STORAGE_ENV, "")  # keeps a password off the command line
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     recipe = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), seed=seed, progress=False)
     if final_epochs:
         recipe = dataclasses.replace(recipe, epochs=final_epochs)
     trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
-    points = reference_points(recipe)  # before the study exists: a recipe outside the space leaves nothing behind
+    points = reference_points(recipe)  # before anything is written: a recipe outside the space leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     # Each worker samples with its own seed, else parallel workers propose the same first trials.
     study = create_study(storage or str(out / "optuna.journal"), study_name, seed + worker, pruner,
                          min(min_epochs, epochs), epochs)

@@ -285,7 +285,7 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
         tune.suggest_config(optuna.trial.FixedTrial({**UNTUNED, "scheduler": "step"}), recipe)
     with pytest.raises(UserError, match="outside the search space.*'vgg' not in"):
         tune.run_study(str(synthetic_h5), str(tmp_path / "vgg"), n_trials=1, epochs=1, base=TrainConfig(model="vgg"))
-    assert not (tmp_path / "vgg" / "optuna.journal").exists()  # refused before anything is written
+    assert not (tmp_path / "vgg").exists()  # refused before anything is written
 
 
 def test_a_killed_reference_trial_is_run_again(synthetic_h5, tmp_path):
