@@ -110,7 +110,7 @@ def default_params(cfg: TrainConfig) -> dict:
     return params
 
 
-REFERENCES = {"default": "the engine's untuned default (TrainConfig)", "recipe": "the recipe searched around"}
+REFERENCES = ("default", "recipe")  # the engine's untuned default (TrainConfig), the recipe searched around
 
 
 def objective(trial: optuna.Trial, base: TrainConfig) -> float:
@@ -412,8 +412,8 @@ def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: 
                      "final_val_acc": result["best"]["val_acc"], "final_epoch": result["best"]["epoch"],
                      "run": cfg.out, "train_config": _recipe_fields(cfg)})
     proxy, final = [r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows]
-    rho = float(spearmanr(proxy, final).statistic) if len(rows) > 2 and len(set(proxy)) > 1 < len(set(final)) \
-        else None
+    ranked = len(rows) > 2 and min(len(set(proxy)), len(set(final))) > 1  # else the correlation is undefined
+    rho = float(spearmanr(proxy, final).statistic) if ranked else None
     searched = [r for r in rows if r["role"].startswith("search")]
     result = {"finalists": rows, "spearman_proxy_final": rho, "final_budget": study.user_attrs["final"],
               "chosen": max(rows, key=lambda r: r["final_val_acc"])["trial"] if rows else None,
