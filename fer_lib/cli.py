@@ -19,6 +19,7 @@ COMMANDS = {
     "preprocess": ("fer_lib.data", "ingest FER-2013 into HDF5"),
     "train": ("fer_lib.train", "train a CNN, selecting on PublicTest"),
     "tune": ("fer_lib.tune", "Optuna hyper-parameter search on PublicTest"),
+    "ensemble": ("fer_lib.ensemble", "average trained checkpoints into one, chosen on PublicTest"),
     "evaluate": ("fer_lib.evaluate", "metrics, calibration and figures for a checkpoint"),
     "predict": ("fer_lib.predict", "emotions of the faces in photos and folders"),
     "video": ("fer_lib.video", "emotion overlay on a video file or webcam"),

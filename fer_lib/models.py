@@ -37,7 +37,8 @@ def register_model(fn):
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """The architectures to train (an ensemble of trained ones is built by fer ensemble)."""
+    return sorted(n for n in _MODELS if n != "ensemble")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -178,6 +179,31 @@ def resnet_small(**kw) -> nn.Module:
     return FerResNet(**{"widths": (32, 64, 128, 256), "stem_width": 16, **kw})
 
 
+class Ensemble(nn.Module):
+    """Several trained models as one: the mean of their softmax probabilities. forward returns its log,
+    so softmax(forward(x)) is that mean and every caller of a model's logits takes an ensemble as it is.
+    A member trained on crops sees the centre crop of the 48 px face, as its own Classifier would give it."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(create_model(m["model_name"], **m["model_args"]) for m in members)
+        self.img_size = max(getattr(m, "img_size", 48) for m in self.members)
+
+    def forward(self, x):  # (B, 1, S, S) -> (B, num_classes) log mean probability
+        probs = [torch.softmax(m(center_crop(x, getattr(m, "img_size", 48))).float(), 1) for m in self.members]
+        return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+
+
+def ensemble(members, **kw) -> nn.Module:
+    """Trained checkpoints averaged (fer ensemble): members is a list of {model_name, model_args}."""
+    if kw:
+        raise ValueError(f"an ensemble takes only members; got {sorted(kw)}")
+    return Ensemble(members)
+
+
+_MODELS["ensemble"] = ensemble  # create_model rebuilds it from a checkpoint; not an architecture to train
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -243,10 +269,31 @@ def load_checkpoint(path) -> dict:
     return ck
 
 
+def quantize_int8(state_dict: dict) -> tuple[dict, dict]:
+    """Weight matrices and kernels as int8 with one fp16 scale per output channel (a quarter of fp32);
+    biases and BN statistics stay fp16. Returns (state_dict, scales) for the checkpoint's `int8_scales`."""
+    sd, scales = {}, {}
+    for k, v in state_dict.items():
+        if v.is_floating_point() and v.ndim >= 2:
+            scale = (v.float().flatten(1).abs().amax(1) / 127).clamp_min(1e-12).half()
+            sd[k] = (v.float() / scale.float().view(-1, *[1] * (v.ndim - 1))).round().clamp(-127, 127).to(torch.int8)
+            scales[k] = scale
+        else:
+            sd[k] = v.half() if v.is_floating_point() else v
+    return sd, scales
+
+
+def dequantize(state_dict: dict, scales: dict) -> dict:
+    """The float weights of a quantize_int8 state_dict."""
+    return {k: v.float() * scales[k].float().view(-1, *[1] * (v.ndim - 1)) if k in scales else v
+            for k, v in state_dict.items()}
+
+
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     model = create_model(ckpt["model_name"], **ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])  # copies into fp32 parameters: fp16-stored weights load too
+    state = dequantize(ckpt["state_dict"], ckpt["int8_scales"]) if ckpt.get("int8_scales") else ckpt["state_dict"]
+    model.load_state_dict(state)  # copies into fp32 parameters: fp16-stored weights load too
     return model.eval()
 
 
@@ -315,7 +362,8 @@ def load_model(path) -> Classifier:
     """Load a checkpoint written by fer_lib.train as a ready-to-use Classifier."""
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).to(memory_format=torch.channels_last)
-    meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version")}
+    meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version",
+                                     "members")}
     return Classifier(model, ckpt["mean"], ckpt["std"], ckpt["class_names"], meta)
 
 

@@ -88,12 +88,6 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
     machine = (f"a {m_['cpu_count']}-core {m_['cpu']} ({', '.join(m_['cpu_flags'][:1]) or 'no AVX2'}, "
                f"{m_['precision']}, {m_['torch_threads']} threads)" if m_ else "the 2-core CPU")
     half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
-    rows = []
-    for split, usage in (("val", "PublicTest (selection)"), ("test", "PrivateTest (reported once)")):
-        for mode, res in m[split].items():
-            lo, hi = res["accuracy_ci95"]
-            rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
-                        f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
     command = shlex.join(["fer", "report", "results", str(checkpoint), str(metrics_json),
                           *(["--train-args", train_args] if train_args != DEFAULT_TRAIN_ARGS else []),
                           *(["--block", block] if block != "results" else [])])
@@ -105,15 +99,71 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
         f"{trained['wall_s'] / 60:.0f} min, median {trained['median_epoch_s']:.0f} s per epoch "
         "(an epoch takes longer while other jobs share the CPU).",
         "",
-        "| split | TTA | accuracy [95% CI] | macro-F1 | ECE |",
-        "|---|---|---|---|---|",
-        *rows,
+        *_accuracy_table(m),
         "",
         f"{made_by}Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
         f"`fer train --data data/fer2013.h5 {train_args} --out runs/{Path(checkpoint).stem} "
         f"--export {checkpoint}{half}`, then `fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
         f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "
         f"Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
+    ])
+
+
+def _accuracy_table(m: dict) -> list[str]:
+    """Accuracy, macro-F1 and ECE per split and view of a `fer evaluate` metrics.json, as table lines."""
+    rows = ["| split | TTA | accuracy [95% CI] | macro-F1 | ECE |", "|---|---|---|---|---|"]
+    for split, usage in (("val", "PublicTest (selection)"), ("test", "PrivateTest (reported once)")):
+        for mode, res in m[split].items():
+            lo, hi = res["accuracy_ci95"]
+            rows.append(f"| {usage} | {mode} | {100 * res['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] "
+                        f"| {100 * res['macro_f1']:.2f}% | {res['ece']:.3f} |")
+    return rows
+
+
+def readme_ensemble(checkpoint: Path, metrics_json: Path, top: int = 5, block: str = "ensemble") -> str:
+    """The README block of a `fer ensemble --choose` checkpoint: its members, the PublicTest choice among
+    the subsets (reports/<name>/selection.json), and its evaluation (metrics.json beside it)."""
+    import torch
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    m = json.loads(Path(metrics_json).read_text())
+    selection_json = Path(metrics_json).parent / "selection.json"
+    sel = json.loads(selection_json.read_text())
+    model = create_model("ensemble", **ck["model_args"])
+    members = " + ".join(
+        f"`{mem['checkpoint']}` (`{mem['model_name']}`"
+        + (f", {mem['config']['crop']}-px crops" if (mem.get("config") or {}).get("crop") else "")
+        + (f", {mem['config']['epochs']} epochs, best {mem['epoch']})" if mem.get("config") else ")")
+        for mem in ck["members"])
+    candidates = [r["members"][0] for r in sel["subsets"] if len(r["members"]) == 1]
+    singles = [r for r in sel["subsets"] if len(r["members"]) == 1]
+    shown = sel["subsets"][:top] + [r for r in singles[:1] if r not in sel["subsets"][:top]]
+    choice = [f"| {' + '.join(Path(x).name for x in r['members'])}{'' if r['fits'] else ' (over a limit)'} "
+              f"| {100 * r['val_acc']:.2f}% | {r['val_nll']:.3f} | {r['mb']:.1f} MB | {r['macs'] / 1e6:.0f} M |"
+              for r in shown]
+    command = shlex.join(["fer", "report", "ensemble", str(checkpoint), str(metrics_json),
+                          *(["--block", block] if block != "ensemble" else [])])
+    return "\n".join([
+        f"<!-- made by: {command} -->",
+        f"Model `ensemble` ({checkpoint}, {Path(checkpoint).stat().st_size / 1e6:.1f} MB, {ck['storage']} weights): "
+        f"the mean of the probabilities of {members}; {count_params(model) / 1e6:.2f} M parameters, "
+        f"{count_macs(model) / 1e6:.0f} M MACs per face. Its members were chosen on PublicTest (plain view) among "
+        f"every subset of up to {sel['max_members']} of the {len(candidates)} candidates that fits in "
+        f"{sel['max_mb']:g} MB ({len(sel['subsets'])} subsets, the best {top} and the best single model shown; "
+        f"all in `{selection_json.as_posix()}`); PrivateTest was scored once, afterwards.",
+        "",
+        "| members | PublicTest (plain) | log loss | stored | MACs / face |",
+        "|---|---|---|---|---|", *choice,
+        "",
+        f"Stored with {ck['storage']} weights, the chosen ensemble scores {100 * m['val']['plain']['accuracy']:.2f}% "
+        f"on PublicTest (plain) against {100 * sel['subsets'][0]['val_acc']:.2f}% with its members' own weights:",
+        "",
+        *_accuracy_table(m),
+        "",
+        f"Reproduce: `fer ensemble {' '.join(candidates)} --choose --data data/fer2013.h5 --storage {sel['storage']} "
+        f"--max-members {sel['max_members']} --max-mb {sel['max_mb']:g} --out {checkpoint}`, then `fer evaluate "
+        f"--checkpoint {checkpoint} --data data/fer2013.h5 --tta {','.join(m['tta']) or 'none'} --out "
+        f"{Path(metrics_json).parent}`. Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
     ])
 
 
@@ -275,6 +325,10 @@ def add_arguments(p) -> None:
     r.add_argument("--block", dest="readme_block", default="results",
                    help="README block name (results: the live model; accurate: the accurate one)")
     r.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="the fer train options that made it")
+    e = sub.add_parser("ensemble", help="a fer ensemble checkpoint: its choice on PublicTest and its results")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("metrics", type=Path, help="its fer evaluate metrics.json (selection.json beside it)")
+    e.add_argument("--block", dest="readme_block", default="ensemble", help="README block name")
     t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
     t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
     t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
@@ -288,6 +342,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.block == "results":
         update_readme(args.readme, readme_results(args.checkpoint, args.metrics, args.train_args, args.readme_block),
+                      args.readme_block)
+    elif args.block == "ensemble":
+        update_readme(args.readme, readme_ensemble(args.checkpoint, args.metrics, block=args.readme_block),
                       args.readme_block)
     elif args.block == "ablation":  # README, and beside the runs for notebook 02
         table = ablation_table(args.runs)

@@ -31,7 +31,8 @@ from .environment import describe_environment
 from .errors import UserError, check_output_path
 from .flags import add_dataclass_arguments
 from .io import clean_stale_partials, read_config, write_atomic
-from .models import CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint, load_model
+from .models import (CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint,
+                     load_model, model_from_checkpoint)
 from .progress import bar as progress_bar
 
 
@@ -68,6 +69,9 @@ class TrainConfig:
     teacher: str | None = None         # checkpoint to distil from (its soft targets on each training batch)
     kd_alpha: float = 0.9              # weight of the distillation term; 1 - kd_alpha on the labels
     kd_temperature: float = 4.0        # softmax temperature of teacher and student in the distillation term
+    kd_cache: bool = False             # the teacher's targets once per Training face (mean of it and its mirror),
+                                       # not on every augmented batch: a large teacher then costs one pass
+    init: str | None = None            # start from this checkpoint's weights (fine-tuning; same model and args)
     train_fraction: float = 1.0        # stratified subset of Training, for fast searches
     patience: int = 0                  # early stop after this many epochs without val gain; 0 = off
     precision: str = "auto"            # auto | fp32 | bf16 | fp16 (cuda)
@@ -213,8 +217,10 @@ def distill_loss(student_logits, teacher_logits, temperature: float) -> torch.Te
 # ----------------------------------------------------------------------------- one epoch
 
 def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfig, mean, std,
-                    device, amp_dtype, loss_weight=None, desc="train", ema=None, teacher=None) -> dict:
+                    device, amp_dtype, loss_weight=None, desc="train", ema=None, teacher=None,
+                    teacher_targets=None) -> dict:
     """One pass over (images uint8 (N,48,48), labels); returns mean loss, accuracy and lr.
+    teacher_targets: (N, C) log-probabilities of a teacher per face (kd_cache), instead of `teacher`.
 
     With mixup/cutmix the accuracy counts a prediction right in proportion to each label's share
     of the mixed image, so it stays comparable with an unmixed run's."""
@@ -245,11 +251,15 @@ def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfi
                         x, size=(teacher.img_size,) * 2, mode="bilinear", align_corners=False)
                     t_logits = teacher(t_in).float()
         logits = logits.float()
+        if teacher_targets is not None:
+            t_logits = teacher_targets[idx].to(device)
+            if lam != 1.0:  # the mixed image's target: the same mix of the two faces' probabilities
+                t_logits = (lam * t_logits.exp() + (1 - lam) * t_logits.exp().flip(0)).log()
         if target is not None:  # smoothing is already in the mixed targets
             loss = F.cross_entropy(logits, target, weight=loss_weight)
         else:
             loss = F.cross_entropy(logits, y, weight=loss_weight, label_smoothing=cfg.label_smoothing)
-        if teacher is not None:
+        if teacher is not None or teacher_targets is not None:
             loss = cfg.kd_alpha * distill_loss(logits, t_logits, cfg.kd_temperature) + (1 - cfg.kd_alpha) * loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -304,6 +314,7 @@ class Setup:
     loss_weight: torch.Tensor | None
     ema: AveragedModel | None = None          # the weights scored and checkpointed when ema_decay > 0
     teacher: torch.nn.Module | None = None    # distillation teacher (eval mode, frozen)
+    teacher_targets: torch.Tensor | None = None  # kd_cache: the teacher's log-probabilities per Training face
     machine: dict | None = None               # what trained it: CPU, threads, precision (for training times)
 
     @property
@@ -374,6 +385,13 @@ def setup(cfg: TrainConfig) -> Setup:
     keep = stratified_subset(tr_y, cfg.train_fraction, cfg.seed)
     tr_x, tr_y = tr_x[keep], tr_y[keep]
     model = create_model(cfg.model, **model_kwargs(cfg)).to(device).to(memory_format=torch.channels_last)
+    if cfg.init:
+        init = load_checkpoint(cfg.init)
+        try:
+            model.load_state_dict(model_from_checkpoint(init).state_dict())
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"--init {cfg.init}: its {init['model_name']} {init['model_args']} does not fit "
+                            f"{cfg.model} {model_kwargs(cfg)} ({str(e).splitlines()[0]})") from None
     optimizer = build_optimizer(cfg, model.parameters())
     steps = max(1, len(tr_y) // cfg.batch_size)
     scheduler = build_scheduler(cfg, optimizer, steps)
@@ -385,17 +403,32 @@ def setup(cfg: TrainConfig) -> Setup:
     # statistics belong to its own weights (as timm's ModelEma does)
     ema = (AveragedModel(model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
-    teacher = None
+    teacher, targets = None, None
     if cfg.teacher:
         t = load_model(cfg.teacher)
         if (t.mean, t.std, t.class_names) != (info["mean"], info["std"], info["class_names"]):
             raise ValueError(f"teacher {cfg.teacher} was trained with other normalization or classes than {cfg.data}")
-        teacher = t.model.to(device).requires_grad_(False)
+        if cfg.kd_cache:
+            targets = teacher_log_targets(t, tr_x, cfg.progress)
+        else:
+            teacher = t.model.to(device).requires_grad_(False)
     env = describe_environment()
     machine = {k: env[k] for k in ("cpu", "cpu_flags", "cpu_count", "torch_threads", "device", "cpu_bf16")}
     machine["precision"] = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
     return Setup(cfg, model, optimizer, scheduler, (tr_x, tr_y), (torch.from_numpy(va_x), torch.from_numpy(va_y)),
-                 info["mean"], info["std"], info["class_names"], device, amp_dtype, weight, ema, teacher, machine)
+                 info["mean"], info["std"], info["class_names"], device, amp_dtype, weight, ema, teacher, targets,
+                 machine)
+
+
+def teacher_log_targets(teacher, images: torch.Tensor, progress: bool = True, chunk: int = 1024) -> torch.Tensor:
+    """A teacher Classifier's log-probabilities (N, C) on uint8 faces (N, 48, 48): the mean of each face's
+    and its mirror image's (flip TTA), computed once for kd_cache."""
+    out = []
+    for i in progress_bar(range(0, len(images), chunk), desc="teacher targets", leave=False, disable=not progress,
+                          mininterval=2):
+        x = images[i:i + chunk].numpy()
+        out.append(torch.from_numpy((teacher.predict_proba(x) + teacher.predict_proba(x[..., ::-1])) / 2))
+    return torch.cat(out).clamp_min(1e-12).log()
 
 
 def measure_speed(s: Setup, steps: int = 3) -> float:
@@ -443,7 +476,7 @@ def run_epoch(s: Setup, epoch: int) -> dict:
     t0 = time.time()
     row = train_one_epoch(s.model, s.optimizer, s.scheduler, *s.train, s.cfg, s.mean, s.std, s.device,
                           s.amp_dtype, s.loss_weight, desc=f"epoch {epoch}/{s.cfg.epochs}", ema=s.ema,
-                          teacher=s.teacher)
+                          teacher=s.teacher, teacher_targets=s.teacher_targets)
     val = evaluate(s.scored, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)
     if s.ema is not None:  # the raw weights too, to show what averaging adds
         row["raw_val_acc"] = evaluate(s.model, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)["acc"]

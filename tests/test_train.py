@@ -421,6 +421,45 @@ def test_distillation_step_reduces_kl_to_the_teacher(synthetic_h5, tiny_checkpoi
     assert kl() < before
 
 
+def test_cached_teacher_targets_are_its_flip_averaged_probabilities(synthetic_h5, tiny_checkpoint, tmp_path):
+    s = train.setup(tiny_config(synthetic_h5, tmp_path, teacher=str(tiny_checkpoint), kd_cache=True))
+    assert s.teacher is None  # no teacher pass per batch
+    images, _ = s.train
+    t = load_model(tiny_checkpoint)
+    faces = images[:16].numpy()
+    expected = (t.predict_proba(faces) + t.predict_proba(faces[..., ::-1])) / 2
+    np.testing.assert_allclose(s.teacher_targets[:16].exp().numpy(), expected, atol=1e-5)
+    assert s.teacher_targets.shape == (len(images), 7)
+
+
+def test_a_cached_teacher_step_reduces_kl_to_its_targets(synthetic_h5, tiny_checkpoint, tmp_path):
+    s = train.setup(tiny_config(synthetic_h5, tmp_path, teacher=str(tiny_checkpoint), kd_cache=True, kd_alpha=1.0,
+                                lr=0.01, augment=0.0, flip=False, erase=0.0, mixup=0.4))
+    images, labels = s.train
+    x = train._to_input(images[:64], s.mean, s.std, s.device)
+
+    def kl():
+        s.model.eval()
+        with torch.no_grad():
+            return train.distill_loss(s.model(x), s.teacher_targets[:64], s.cfg.kd_temperature).item()
+    before = kl()
+    for _ in range(3):
+        train.train_one_epoch(s.model, s.optimizer, s.scheduler, images[:64], labels[:64], s.cfg, s.mean, s.std,
+                              s.device, None, teacher_targets=s.teacher_targets[:64])
+    assert kl() < before
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_model(synthetic_h5, tiny_checkpoint, tmp_path):
+    same = {"model": "vgg_small", "model_args": {}}
+    s = train.setup(tiny_config(synthetic_h5, tmp_path / "a", init=str(tiny_checkpoint), **same))
+    ref = load_model(tiny_checkpoint).model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in s.model.state_dict().items())
+    fresh = train.setup(tiny_config(synthetic_h5, tmp_path / "b", **same)).model.state_dict()
+    assert not all(torch.equal(v, fresh[k]) for k, v in s.model.state_dict().items())
+    with pytest.raises(ValueError, match="--init .*does not fit baseline"):
+        train.setup(tiny_config(synthetic_h5, tmp_path / "c", init=str(tiny_checkpoint)))
+
+
 def test_new_options_never_read_the_test_split(synthetic_h5, tiny_checkpoint, tmp_path):
     """Mixing, EMA, crops and a teacher: the test split may even be missing."""
     h5 = shutil.copy(synthetic_h5, tmp_path / "no_test.h5")
@@ -430,6 +469,9 @@ def test_new_options_never_read_the_test_split(synthetic_h5, tiny_checkpoint, tm
     result = fit(tiny_config(h5, tmp_path / "run", epochs=1, crop=40, mixup=0.2, cutmix=1.0, ema_decay=0.9,
                              teacher=str(tiny_checkpoint)))
     assert len(result["history"]) == 1
+    cached = fit(tiny_config(h5, tmp_path / "cached", epochs=1, teacher=str(tiny_checkpoint), kd_cache=True,
+                             init=str(tiny_checkpoint), model="vgg_small", model_args={}))
+    assert len(cached["history"]) == 1
 
 
 # ----------------------------------------------------------------------------- run folders are never replaced silently
