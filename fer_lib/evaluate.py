@@ -156,7 +156,7 @@ def _portable(config: dict | None) -> dict | None:
     metrics.json of a committed model must not carry the path of the machine that trained it."""
     if not config:
         return config
-    return {k: os.path.relpath(v) if k in ("data", "out", "teacher") and isinstance(v, str) and os.path.isabs(v)
+    return {k: os.path.relpath(v) if k in ("data", "out", "teacher", "init") and isinstance(v, str) and os.path.isabs(v)
             else v for k, v in config.items()}
 
 

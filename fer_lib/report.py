@@ -238,15 +238,21 @@ def readme_models(entries, block: str = "distillation") -> str:
     """
     rows = []
     for label, path in entries:
-        m, cfg, tr = _evaluated(path)
-        model = _model_of(cfg)
+        m = json.loads(Path(path).read_text())
+        if m.get("model_name") == "ensemble":  # trained members, no recipe of its own
+            model, arch, epochs, teacher = create_model("ensemble", **m["model_args"]), "ensemble", "its members'", "none"
+        else:
+            m, cfg, _ = _evaluated(path)
+            model, arch = _model_of(cfg), cfg["model"]
+            epochs = (f"{cfg['epochs']} (best {m['checkpoint_epoch']})"
+                      + (f" on top of `{Path(cfg['init']).name}`" if cfg.get("init") else ""))
+            teacher = (f"`{Path(cfg['teacher']).name}` (T {cfg['kd_temperature']:g}, weight {cfg['kd_alpha']:g}"
+                       + (", targets cached" if cfg.get("kd_cache") else "") + ")" if cfg.get("teacher") else "none")
         val, test = m["val"]["plain"], m["test"]["plain"]
         lo, hi = test["accuracy_ci95"]
         flip = f"{100 * m['test']['flip']['accuracy']:.2f}%" if "flip" in m["test"] else "-"
-        teacher = (f"`{Path(cfg['teacher']).name}` (T {cfg['kd_temperature']:g}, weight {cfg['kd_alpha']:g})"
-                   if cfg.get("teacher") else "none")
-        rows.append(f"| {label} | `{cfg['model']}` | {count_params(model) / 1e6:.2f} M | {count_macs(model) / 1e6:.0f} M "
-                    f"| {cfg['epochs']} (best {m['checkpoint_epoch']}) | {teacher} | {100 * val['accuracy']:.2f}% "
+        rows.append(f"| {label} | `{arch}` | {count_params(model) / 1e6:.2f} M | {count_macs(model) / 1e6:.0f} M "
+                    f"| {epochs} | {teacher} | {100 * val['accuracy']:.2f}% "
                     f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {flip} "
                     f"| `{Path(path).parent.as_posix()}/` |")
     command = shlex.join(["fer", "report", "models", *(f"{label}={path}" for label, path in entries), "--block", block])
