@@ -11,25 +11,22 @@ self-describing (model "ensemble", members' architectures and provenance) and lo
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from .data import load_split
 from .errors import UserError, check_output_path
 from .evaluate import report_dir_for
-from .flags import add_dataclass_arguments
+from .flags import add_dataclass_arguments, dataclass_from_arguments
 from .io import write_atomic
-from .models import (CHECKPOINT_VERSION, count_macs, count_params, create_model, load_checkpoint, load_model,
-                     quantize_int8)
-
-STORAGE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+from .models import (CHECKPOINT_VERSION, STORAGE_BYTES, count_macs, count_params, create_model, load_checkpoint,
+                     load_model, store_weights)
+from .train import save_atomic
 
 
 @dataclass
@@ -46,8 +43,6 @@ class EnsembleConfig:
 def build_ensemble(paths, storage: str = "fp16") -> dict:
     """One checkpoint dict holding every member's weights; the members must share classes and
     normalization (they were trained on the same HDF5)."""
-    if storage not in STORAGE_BYTES:
-        raise UserError(f"--storage {storage}: choose from {', '.join(STORAGE_BYTES)}")
     if len(paths) < 2:
         raise UserError("an ensemble needs at least two checkpoints")
     cks = [load_checkpoint(p) for p in paths]
@@ -62,11 +57,7 @@ def build_ensemble(paths, storage: str = "fp16") -> dict:
     model = create_model("ensemble", members=members)
     for ck, member in zip(cks, model.members):
         member.load_state_dict(ck["state_dict"])
-    state, scales = model.state_dict(), None
-    if storage == "int8":
-        state, scales = quantize_int8(state)
-    elif storage == "fp16":
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    state, scales = store_weights(model.state_dict(), storage)
     return {
         "version": CHECKPOINT_VERSION, "fer_lib_version": __version__, "model_name": "ensemble",
         "model_args": {"members": members}, "state_dict": state, "int8_scales": scales,
@@ -101,13 +92,6 @@ def choose_members(paths, h5, max_members: int = 3, max_mb: float = 20.0, max_ma
     return rows
 
 
-def save_checkpoint(ck: dict, out) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: torch.save(ck, tmp))
-    return out
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(p) -> None:
@@ -117,8 +101,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    cfg = EnsembleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EnsembleConfig)
-                            if getattr(args, f.name, None) is not None})
+    cfg = dataclass_from_arguments(args, EnsembleConfig)
     out = Path(cfg.out)
     selection_file = report_dir_for(out) / "selection.json"  # beside fer evaluate's metrics.json of it
     for path in (out, selection_file) if cfg.choose else (out,):
@@ -144,7 +127,6 @@ def run(args) -> int:
                            "max_members": cfg.max_members, "max_mb": cfg.max_mb, "max_macs": cfg.max_macs,
                            "chosen": members, "subsets": rows}, indent=2)
         write_atomic(selection_file, lambda tmp: Path(tmp).write_text(text + "\n"))
-    ck = build_ensemble(members, cfg.storage)
-    save_checkpoint(ck, out)
+    save_atomic(build_ensemble(members, cfg.storage), out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {cfg.storage}): " + " + ".join(Path(m).name for m in members))
     return 0

@@ -270,22 +270,30 @@ def load_checkpoint(path) -> dict:
     return ck
 
 
-def quantize_int8(state_dict: dict) -> tuple[dict, dict]:
-    """Weight matrices and kernels as int8 with one fp16 scale per output channel (a quarter of fp32);
-    biases and BN statistics stay fp16. Returns (state_dict, scales) for the checkpoint's `int8_scales`."""
+STORAGE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # bytes per stored weight
+
+
+def store_weights(state_dict: dict, storage: str = "fp32") -> tuple[dict, dict | None]:
+    """A state_dict as a checkpoint stores it: fp32 as it is; fp16 (half the size); or int8 weight matrices
+    and kernels with one fp16 scale per output channel (a quarter), biases and BN statistics in fp16.
+    Returns (state_dict, scales for the checkpoint's `int8_scales`, None unless int8)."""
+    if storage not in STORAGE_BYTES:
+        raise UserError(f"--storage {storage}: choose from {', '.join(STORAGE_BYTES)}")
+    if storage == "fp32":
+        return dict(state_dict), None
     sd, scales = {}, {}
     for k, v in state_dict.items():
-        if v.is_floating_point() and v.ndim >= 2:
+        if storage == "int8" and v.is_floating_point() and v.ndim >= 2:
             scale = (v.float().flatten(1).abs().amax(1) / 127).clamp_min(1e-12).half()
             sd[k] = (v.float() / scale.float().view(-1, *[1] * (v.ndim - 1))).round().clamp(-127, 127).to(torch.int8)
             scales[k] = scale
         else:
             sd[k] = v.half() if v.is_floating_point() else v
-    return sd, scales
+    return sd, scales if storage == "int8" else None
 
 
 def dequantize(state_dict: dict, scales: dict) -> dict:
-    """The float weights of a quantize_int8 state_dict."""
+    """The float weights of a store_weights(..., "int8") state_dict."""
     return {k: v.float() * scales[k].float().view(-1, *[1] * (v.ndim - 1)) if k in scales else v
             for k, v in state_dict.items()}
 

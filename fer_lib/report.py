@@ -66,6 +66,11 @@ def readme_markers(name: str) -> tuple[str, str]:
 README_START, README_END = readme_markers("results")
 
 
+def _made_by(*words) -> str:
+    """The first line of a generated README block: the `fer report` command that makes it (the README test reruns it)."""
+    return f"<!-- made by: {shlex.join(['fer', 'report', *map(str, words)])} -->"
+
+
 def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAULT_TRAIN_ARGS,
                    block: str = "results") -> str:
     """The README's results block, built only from the committed checkpoint and its metrics.json;
@@ -88,11 +93,10 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
     machine = (f"a {m_['cpu_count']}-core {m_['cpu']} ({', '.join(m_['cpu_flags'][:1]) or 'no AVX2'}, "
                f"{m_['precision']}, {m_['torch_threads']} threads)" if m_ else "the 2-core CPU")
     half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
-    command = shlex.join(["fer", "report", "results", str(checkpoint), str(metrics_json),
-                          *(["--train-args", train_args] if train_args != DEFAULT_TRAIN_ARGS else []),
-                          *(["--block", block] if block != "results" else [])])
     return "\n".join([
-        f"<!-- made by: {command} -->",
+        _made_by("results", checkpoint, metrics_json,
+                 *(["--train-args", train_args] if train_args != DEFAULT_TRAIN_ARGS else []),
+                 *(["--block", block] if block != "results" else [])),
         f"Model `{ck['model_name']}` ({checkpoint}), trained {cfg['epochs']} epochs on Training with "
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
         f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time to that epoch on {machine}: "
@@ -135,16 +139,14 @@ def readme_ensemble(checkpoint: Path, metrics_json: Path, top: int = 5, block: s
         + (f", {mem['config']['crop']}-px crops" if (mem.get("config") or {}).get("crop") else "")
         + (f", {mem['config']['epochs']} epochs, best {mem['epoch']})" if mem.get("config") else ")")
         for mem in ck["members"])
-    candidates = [r["members"][0] for r in sel["subsets"] if len(r["members"]) == 1]
     singles = [r for r in sel["subsets"] if len(r["members"]) == 1]
+    candidates = [r["members"][0] for r in singles]
     shown = sel["subsets"][:top] + [r for r in singles[:1] if r not in sel["subsets"][:top]]
     choice = [f"| {' + '.join(Path(x).name for x in r['members'])}{'' if r['fits'] else ' (over a limit)'} "
               f"| {100 * r['val_acc']:.2f}% | {r['val_nll']:.3f} | {r['mb']:.1f} MB | {r['macs'] / 1e6:.0f} M |"
               for r in shown]
-    command = shlex.join(["fer", "report", "ensemble", str(checkpoint), str(metrics_json),
-                          *(["--block", block] if block != "ensemble" else [])])
     return "\n".join([
-        f"<!-- made by: {command} -->",
+        _made_by("ensemble", checkpoint, metrics_json, *(["--block", block] if block != "ensemble" else [])),
         f"Model `ensemble` ({checkpoint}, {Path(checkpoint).stat().st_size / 1e6:.1f} MB, {ck['storage']} weights): "
         f"the mean of the probabilities of {members}; {count_params(model) / 1e6:.2f} M parameters, "
         f"{count_macs(model) / 1e6:.0f} M MACs per face. Its members were chosen on PublicTest (plain view) among "
@@ -181,9 +183,9 @@ def search_summary(study_json: Path) -> str:
             f"{100 * default['value']:.2f}%; " + best)
 
 
-def _evaluated(path) -> tuple[dict, dict, dict]:
-    """(metrics, its training config, its training summary) of a `fer evaluate` metrics.json."""
-    m = json.loads(Path(path).read_text())
+def _evaluated(path, m: dict | None = None) -> tuple[dict, dict, dict]:
+    """(metrics, its training config, its training summary) of a `fer evaluate` metrics.json (m: already read)."""
+    m = json.loads(Path(path).read_text()) if m is None else m
     cfg, tr = m.get("train_config"), m.get("training")
     if not cfg or not tr:
         raise ValueError(f"{path}: no training config/history; re-run fer evaluate on the checkpoint")
@@ -242,7 +244,7 @@ def readme_models(entries, block: str = "distillation") -> str:
         if m.get("model_name") == "ensemble":  # trained members, no recipe of its own
             model, arch, epochs, teacher = create_model("ensemble", **m["model_args"]), "ensemble", "its members'", "none"
         else:
-            m, cfg, _ = _evaluated(path)
+            _, cfg, _ = _evaluated(path, m)
             model, arch = _model_of(cfg), cfg["model"]
             epochs = (f"{cfg['epochs']} (best {m['checkpoint_epoch']})"
                       + (f" on top of `{Path(cfg['init']).name}`" if cfg.get("init") else ""))
@@ -255,9 +257,8 @@ def readme_models(entries, block: str = "distillation") -> str:
                     f"| {epochs} | {teacher} | {100 * val['accuracy']:.2f}% "
                     f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {flip} "
                     f"| `{Path(path).parent.as_posix()}/` |")
-    command = shlex.join(["fer", "report", "models", *(f"{label}={path}" for label, path in entries), "--block", block])
     return "\n".join([
-        f"<!-- made by: {command} -->",
+        _made_by("models", *(f"{label}={path}" for label, path in entries), "--block", block),
         "| model | architecture | params | MACs / face | epochs | distilled from | PublicTest (selection) "
         "| PrivateTest (once) [95% CI] | PrivateTest, flip TTA | report |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows])

@@ -31,8 +31,9 @@ from .environment import describe_environment
 from .errors import UserError, check_output_path
 from .flags import add_dataclass_arguments
 from .io import clean_stale_partials, read_config, write_atomic
+from .metrics import average_proba
 from .models import (CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint,
-                     load_model, model_from_checkpoint)
+                     load_model, model_from_checkpoint, store_weights)
 from .progress import bar as progress_bar
 
 
@@ -423,12 +424,11 @@ def setup(cfg: TrainConfig) -> Setup:
 def teacher_log_targets(teacher, images: torch.Tensor, progress: bool = True, chunk: int = 1024) -> torch.Tensor:
     """A teacher Classifier's log-probabilities (N, C) on uint8 faces (N, 48, 48): the mean of each face's
     and its mirror image's (flip TTA), computed once for kd_cache."""
-    out = []
-    for i in progress_bar(range(0, len(images), chunk), desc="teacher targets", leave=False, disable=not progress,
-                          mininterval=2):
-        x = images[i:i + chunk].numpy()
-        out.append(torch.from_numpy((teacher.predict_proba(x) + teacher.predict_proba(x[..., ::-1])) / 2))
-    return torch.cat(out).clamp_min(1e-12).log()
+    from .evaluate import predict_logits  # fer evaluate's flip TTA; lazily, as evaluate imports matplotlib
+    out = [average_proba(predict_logits(teacher, images[i:i + chunk].numpy(), "flip"))
+           for i in progress_bar(range(0, len(images), chunk), desc="teacher targets", leave=False,
+                                 disable=not progress, mininterval=2)]
+    return torch.from_numpy(np.concatenate(out)).float().clamp_min(1e-12).log()
 
 
 def measure_speed(s: Setup, steps: int = 3) -> float:
@@ -501,9 +501,9 @@ def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
     }
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save through report.write_atomic: a kill never leaves a half-written checkpoint."""
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+def save_atomic(obj, path: Path) -> Path:
+    """torch.save through io.write_atomic (which makes the folder): a kill never leaves a half-written checkpoint."""
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 RUN_FILES = ("last.pt", "best.pt", "history.json")
@@ -620,11 +620,8 @@ def export_checkpoint(src, dst, half: bool = False) -> Path:
     for k in ("optimizer", "scheduler", "rng", "train_state_dict", "ema_n_averaged"):
         ck.pop(k, None)
     if half:
-        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(ck, dst)
-    return dst
+        ck["state_dict"], _ = store_weights(ck["state_dict"], "fp16")
+    return save_atomic(ck, Path(dst))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -7,9 +7,9 @@ import torch
 
 from fer_lib import data as data_mod
 from fer_lib.cli import main
-from fer_lib.ensemble import build_ensemble, choose_members, save_checkpoint
+from fer_lib.ensemble import build_ensemble, choose_members
 from fer_lib.models import count_params, list_models, load_checkpoint, load_model
-from fer_lib.train import export_checkpoint, fit, resolve_config
+from fer_lib.train import export_checkpoint, fit, resolve_config, save_atomic
 
 FACES = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
 
@@ -24,7 +24,7 @@ def crop_checkpoint(synthetic_h5, tmp_path_factory):
 
 
 def test_ensemble_predicts_the_mean_of_its_members(tiny_checkpoint, crop_checkpoint, tmp_path):
-    path = save_checkpoint(build_ensemble([tiny_checkpoint, crop_checkpoint], "fp32"), tmp_path / "ens.pt")
+    path = save_atomic(build_ensemble([tiny_checkpoint, crop_checkpoint], "fp32"), tmp_path / "ens.pt")
     a, b = load_model(tiny_checkpoint), load_model(crop_checkpoint)
     assert b.input_size == 40 and load_model(path).input_size == 48  # the crop member sees its centre crop
     mean = (a.predict_proba(FACES) + b.predict_proba(FACES)) / 2
@@ -33,13 +33,13 @@ def test_ensemble_predicts_the_mean_of_its_members(tiny_checkpoint, crop_checkpo
 
 
 def test_an_ensemble_of_one_model_twice_is_that_model(tiny_checkpoint, tmp_path):
-    path = save_checkpoint(build_ensemble([tiny_checkpoint, tiny_checkpoint], "fp32"), tmp_path / "twice.pt")
+    path = save_atomic(build_ensemble([tiny_checkpoint, tiny_checkpoint], "fp32"), tmp_path / "twice.pt")
     np.testing.assert_allclose(load_model(path).predict_proba(FACES), load_model(tiny_checkpoint).predict_proba(FACES),
                                atol=1e-5)
 
 
 def test_checkpoint_rebuilds_itself_and_names_its_members(tiny_checkpoint, crop_checkpoint, tmp_path):
-    path = save_checkpoint(build_ensemble([tiny_checkpoint, crop_checkpoint]), tmp_path / "ens.pt")
+    path = save_atomic(build_ensemble([tiny_checkpoint, crop_checkpoint]), tmp_path / "ens.pt")
     ck = load_checkpoint(path)  # weights_only: plain data
     assert ck["model_name"] == "ensemble" and [m["model_args"].get("img_size", 48) for m in
                                                ck["model_args"]["members"]] == [48, 40]
@@ -63,8 +63,8 @@ def test_int8_storage_keeps_the_predictions_at_a_quarter_of_the_size(tiny_checkp
                                                                      synthetic_h5, tmp_path):
     paths = [_confident(tiny_checkpoint, tmp_path / "a.pt"), _confident(crop_checkpoint, tmp_path / "b.pt")]
     faces, _ = data_mod.load_split(synthetic_h5, "val")
-    full = save_checkpoint(build_ensemble(paths, "fp32"), tmp_path / "fp32.pt")
-    small = save_checkpoint(build_ensemble(paths, "int8"), tmp_path / "int8.pt")
+    full = save_atomic(build_ensemble(paths, "fp32"), tmp_path / "fp32.pt")
+    small = save_atomic(build_ensemble(paths, "int8"), tmp_path / "int8.pt")
     assert {v.dtype for v in load_checkpoint(small)["state_dict"].values() if v.ndim >= 2} == {torch.int8}
     assert small.stat().st_size < 0.35 * full.stat().st_size
     p32, p8 = load_model(full).predict_proba(faces), load_model(small).predict_proba(faces)
