@@ -102,6 +102,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, EnsembleConfig)
+    store_weights({}, cfg.storage)  # an unknown --storage is named before minutes of scoring
     out = Path(cfg.out)
     selection_file = report_dir_for(out) / "selection.json"  # beside fer evaluate's metrics.json of it
     for path in (out, selection_file) if cfg.choose else (out,):

@@ -129,6 +129,10 @@ def test_cli_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
     assert main(["ensemble", str(tiny_checkpoint), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e.pt")]) == 2
     err = capsys.readouterr().err
     assert "nope.pt" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "e.pt").exists()
+    args = ["ensemble", str(tiny_checkpoint), str(tiny_checkpoint), "--choose", "--storage", "int4"]
+    assert main(args + ["--out", str(tmp_path / "e.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--storage int4" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "e.pt").exists()
 
 
 def test_committed_ensemble_is_the_publictest_choice():
