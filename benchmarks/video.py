@@ -10,7 +10,9 @@ frame, each face classified on its own, one thread (its moving average, per
 face here, costs nothing). Both decode the clip and encode the
 annotated MP4 (mp4v) in this process, alternating, and the best of --repeats
 counts. On a busy machine wall time varies; CPU time (all threads together) is
-the steadier number, and fps from CPU time estimates an idle machine's fps.
+the steadier number, and fps from CPU time estimates an idle machine's fps. PyTorch picks its
+kernels for this CPU (AVX-512 where it has it); the environment variables named in the output force
+the AVX2 ones, to estimate an AVX2-only CPU from a newer one.
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             print(f"error: {path}: no such {what} file; pass it as an argument (nothing is trained here)")
             return 2
+    from torch.backends.cpu import get_cpu_capability
+
+    from fer_lib.environment import describe_environment
     from fer_lib.models import load_model
     from fer_lib.video import VideoConfig, format_summary, run_pipeline
     clf = load_model(args.checkpoint)  # loaded once: model loading is not part of the per-frame cost
@@ -58,7 +63,9 @@ def main(argv=None) -> int:
                     best[method] = r
     cfg = VideoConfig()
     print(f"\n{args.video}: {best['ours']['frames']} frames, {best['ours']['size'][0]}x{best['ours']['size'][1]}, "
-          f"{best['ours']['source_fps']:.3f} fps; torch threads while classifying {VideoConfig().threads}")
+          f"{best['ours']['source_fps']:.3f} fps; torch threads while classifying {VideoConfig().threads}; "
+          f"{args.checkpoint}; {describe_environment()['cpu']}, torch kernels for {get_cpu_capability()} "
+          "(ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 force AVX2's)")
     print(f"ours: Haar at {cfg.detect_scale}x every {cfg.detect_every} frames in a decoding thread, batched faces, "
           f"{cfg.smoother}; baseline: Haar at full resolution every frame, faces one at a time, one thread")
     print(f"\n{'per frame (ms)':16}{'ours wall':>11}{'ours cpu':>10}{'base wall':>11}{'base cpu':>10}")
@@ -75,6 +82,7 @@ def main(argv=None) -> int:
     met = "met" if o["realtime_factor"] >= TARGET_REALTIME else "NOT met (wall clock; see CPU-time fps if busy)"
     print(f"target >= {TARGET_REALTIME}x real time: {met}")
     print(json.dumps({"video": args.video, "checkpoint": args.checkpoint, "torch_threads": VideoConfig().threads,
+                      "torch_cpu_capability": get_cpu_capability(),
                       **{m: {k: best[m][k] for k in ("frames", "wall_s", "cpu_s", "fps", "realtime_factor",
                                                       "stage_s", "stage_cpu_s", "tracks")} for m in METHODS}}))
     return 0

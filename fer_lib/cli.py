@@ -2,7 +2,7 @@
 
     fer preprocess SOURCE --out data/fer2013.h5
     fer train --data data/fer2013.h5 --model vgg_small
-    fer tune | evaluate | predict | video | stream | synthetic | study | report ...   (fer SUBCOMMAND --help)
+    fer tune | ensemble | quantize | evaluate | predict | video | stream | synthetic | study | report ...  (fer CMD --help)
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("fer_lib.train", "train a CNN, selecting on PublicTest"),
     "tune": ("fer_lib.tune", "Optuna hyper-parameter search on PublicTest"),
     "ensemble": ("fer_lib.ensemble", "average trained checkpoints into one, chosen on PublicTest"),
+    "quantize": ("fer_lib.quantize", "int8 inference for a checkpoint, calibrated on Training faces"),
     "evaluate": ("fer_lib.evaluate", "metrics, calibration and figures for a checkpoint"),
     "predict": ("fer_lib.predict", "emotions of the faces in photos and folders"),
     "video": ("fer_lib.video", "emotion overlay on a video file or webcam"),

@@ -77,7 +77,7 @@ def choose_members(paths, h5, max_members: int = 3, max_mb: float = 20.0, max_ma
     for p in paths:
         clf = load_model(p)
         proba[p] = clf.predict_proba(faces)
-        size[p] = (count_params(clf.model), count_macs(clf.model))
+        size[p] = (count_params(clf.float_model), count_macs(clf.float_model))
     rows = []
     for r in range(1, max_members + 1):
         for subset in itertools.combinations(paths, r):

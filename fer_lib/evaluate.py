@@ -191,6 +191,9 @@ def evaluate_checkpoint(checkpoint, h5, out_dir=None, tta=(), n_bootstrap: int =
         "synthetic_data": info["synthetic"], "model_name": clf.meta.get("model_name"),
         "model_args": clf.meta.get("model_args"), "checkpoint_epoch": clf.meta.get("epoch"),
         "train_config": _portable(clf.meta.get("config")), "training": training_summary(clf.meta.get("history")),
+        # int8 kernels differ a little between CPU generations (AVX2, AVX-512 VNNI): say which ran
+        "quantization": clf.meta.get("quantization") and {**clf.meta["quantization"],
+                                                           "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "class_names": clf.class_names, "splits": {s: SPLIT_USAGE[s] for s in EVAL_SPLITS},
         "tta": list(modes[1:]), "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ECE_BINS, "temperature": temps,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -8,6 +8,7 @@ logits; the loss lives in training.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -243,10 +244,10 @@ def summarize_models(names=None, **kwargs) -> list[dict]:
 # ----------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_VERSION = 1
-# The live model: what `fer video`, `fer predict` and notebooks 04/05 use unless told otherwise. vgg_small
-# distilled from vgg, then fine-tuned on the accurate ensemble's soft targets: it beat the distilled student
-# and vgg_small trained alone on PublicTest (README, distillation).
-LIVE_MODEL = "models/vgg_small_kd_ens_fer2013.pt"
+# The live model: what `fer video`, `fer predict` and notebooks 04/05 use unless told otherwise. The single
+# network with the best int8 PublicTest (fer quantize) that runs Megamind at 2x real time or more on a 2-core
+# AVX2 CPU (README, "int8: the live model").
+LIVE_MODEL = "models/vgg_crop44_int8_fer2013.pt"
 
 
 CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict", "mean", "std", "class_names")
@@ -306,6 +307,60 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     return model.eval()
 
 
+# ----------------------------------------------------------------------------- int8 inference
+
+INT8_ENGINE = "x86"  # PyTorch's int8 CPU kernels (fbgemm and oneDNN): AVX2 is enough
+
+
+def _prepare_int8(model: nn.Module) -> nn.Module:
+    """A copy of model with observers after each operation (FX graph mode, per-channel weights)."""
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import prepare_fx
+    except ImportError:  # a torch newer than the pinned one may have dropped it
+        raise UserError(f"int8 models need torch.ao.quantization, which torch {torch.__version__} lacks; "
+                        "install the pinned torch==2.13.0") from None
+    import torch.fx.config as fx_config
+    side = int(getattr(model, "img_size", 48))
+    # Node stack traces are for debugging the tracer; recording them imports torch._inductor, seconds per load
+    stack_traces, fx_config.do_not_emit_stack_traces = fx_config.do_not_emit_stack_traces, True
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not installed here
+        warnings.simplefilter("ignore")
+        try:
+            return prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping(INT8_ENGINE),
+                              (torch.zeros(1, 1, side, side),))
+        except Exception as e:  # a model torch.fx cannot trace (data-dependent control flow)
+            raise UserError(f"model {type(model).__name__} cannot be quantized: {str(e).splitlines()[0]}") from None
+        finally:
+            fx_config.do_not_emit_stack_traces = stack_traces
+
+
+def calibrate_int8(model: nn.Module, batches) -> dict:
+    """The activation ranges of post-training int8 quantization, observed on `batches` of normalized
+    faces (N, 1, s, s): the observers' state, which a checkpoint keeps as quantization["observers"]."""
+    prepared = _prepare_int8(model)
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+    return {k: v for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+
+
+def int8_model(model: nn.Module, observers: dict) -> nn.Module:
+    """model with int8 weights (one scale per output channel) and int8 activations in the ranges that
+    calibrate_int8 observed; the same observers give the same network, bit for bit."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+    prepared = _prepare_int8(model)
+    expected = {k for k in prepared.state_dict() if "activation_post_process" in k}
+    if set(observers) != expected:
+        raise UserError(f"the checkpoint's int8 ranges do not match model {type(model).__name__}")
+    prepared.load_state_dict(observers, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = convert_fx(prepared)
+    q.img_size = int(getattr(model, "img_size", 48))  # Classifier crops to it; the traced graph drops attributes
+    return q.eval()
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The centred size x size window of (..., H, W)."""
     h, w = x.shape[-2:]
@@ -319,8 +374,10 @@ class Classifier:
     A model trained on random crops (input_size < 48) sees the centre crop of each face; faces
     already input_size on a side (the views of ten-crop evaluation) go in as they are."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float, class_names, meta: dict | None = None):
+    def __init__(self, model: nn.Module, mean: float, std: float, class_names, meta: dict | None = None,
+                 float_model: nn.Module | None = None):
         self.model, self.mean, self.std = model.eval(), float(mean), float(std)
+        self.float_model = model if float_model is None else float_model  # an int8 model's float original
         self.class_names = list(class_names)
         self.meta = meta or {}
         self.input_size = int(getattr(model, "img_size", 48))
@@ -373,6 +430,16 @@ def load_model(path) -> Classifier:
     model = model_from_checkpoint(ckpt).to(memory_format=torch.channels_last)
     meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version",
                                      "members")}
+    quant = ckpt.get("quantization")
+    if quant and INT8_ENGINE not in torch.backends.quantized.supported_engines:
+        # an ARM CPU, say: the float weights predict nearly the same (README, "int8: the live model")
+        warnings.warn(f"{path}: this CPU has no {INT8_ENGINE} int8 kernels; its float weights run instead",
+                      stacklevel=2)
+        quant = None
+    if quant:  # fer quantize: the int8 network runs; the float one stays for Grad-CAM and as a teacher
+        meta["quantization"] = {k: v for k, v in quant.items() if k != "observers"}
+        return Classifier(int8_model(model, quant["observers"]), ckpt["mean"], ckpt["std"], ckpt["class_names"],
+                          meta, float_model=model)
     return Classifier(model, ckpt["mean"], ckpt["std"], ckpt["class_names"], meta)
 
 
@@ -381,7 +448,7 @@ def load_model(path) -> Classifier:
 def grad_cam(clf, faces, target=None) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM (Selvaraju et al. 2017) on the last nn.Conv2d: maps (N, 48, 48) in [0, 1] for
     class `target` (default: the predicted one), and the probabilities (N, C)."""
-    model = clf.model
+    model = clf.float_model  # an int8 model has no gradients: its float original explains it
     conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
     acts = []
     handle = conv.register_forward_hook(lambda m, i, out: acts.append(out))  # (N, K, h, w)

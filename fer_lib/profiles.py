@@ -5,7 +5,7 @@ each checked against the step's dataclass, so a misspelt key is an error that na
     recipe = load_profile("smoke", {"train": {"epochs": 3}})   # {"train": TrainConfig(...), "tune": ...}
 
 `smoke` runs the whole study in minutes on a 2-core CPU; `full` is the real study, and its `train`
-section is the committed live model's recipe. A notebook's parameters cell names the profile and an
+section is the recipe of the committed models/vgg_small_fer2013.pt. A notebook's parameters cell names the profile and an
 `overrides` dict; `fer study -p train.epochs=3` fills that dict for every notebook.
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ from .models import count_macs, count_params, create_model
 from .train import TrainConfig, model_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = "configs/profiles/full.yaml"  # the live model's recipe: the full profile's train section
+DEFAULT_CONFIG = "configs/profiles/full.yaml"  # vgg_small's recipe: the full profile's train section
 DEFAULT_TRAIN_ARGS = f"--config {DEFAULT_CONFIG}"
 
 
@@ -93,6 +93,13 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
     machine = (f"a {m_['cpu_count']}-core {m_['cpu']} ({', '.join(m_['cpu_flags'][:1]) or 'no AVX2'}, "
                f"{m_['precision']}, {m_['torch_threads']} threads)" if m_ else "the 2-core CPU")
     half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
+    quant = ck.get("quantization")  # fer quantize: int8 inference of the trained float checkpoint
+    trained_as = Path(quant["calibration"]["source"]).as_posix() if quant else checkpoint
+    int8 = (f" It runs in int8 (`fer quantize`: per-channel int8 weights, activation ranges observed on "
+            f"{quant['calibration']['faces']} Training faces; scored below with {_int8_kernels(m)} kernels)."
+            if quant else "")
+    quantize = (f"`fer quantize {trained_as} --data data/fer2013.h5 --faces {quant['calibration']['faces']} "
+                f"--seed {quant['calibration']['seed']} --out {checkpoint}`, then " if quant else "")
     return "\n".join([
         _made_by("results", checkpoint, metrics_json,
                  *(["--train-args", train_args] if train_args != DEFAULT_TRAIN_ARGS else []),
@@ -101,16 +108,21 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
         f"`{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']}, label smoothing {cfg['label_smoothing']}; "
         f"checkpoint chosen on PublicTest at epoch {ck['epoch']}. Training wall time to that epoch on {machine}: "
         f"{trained['wall_s'] / 60:.0f} min, median {trained['median_epoch_s']:.0f} s per epoch "
-        "(an epoch takes longer while other jobs share the CPU).",
+        f"(an epoch takes longer while other jobs share the CPU).{int8}",
         "",
         *_accuracy_table(m),
         "",
         f"{made_by}Reproduce: `fer preprocess archive.zip --out data/fer2013.h5`, then "
-        f"`fer train --data data/fer2013.h5 {train_args} --out runs/{Path(checkpoint).stem} "
-        f"--export {checkpoint}{half}`, then `fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
+        f"`fer train --data data/fer2013.h5 {train_args} --out runs/{Path(trained_as).stem} "
+        f"--export {trained_as}{half}`, then {quantize}`fer evaluate --checkpoint {checkpoint} --data data/fer2013.h5 "
         f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "
         f"Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
     ])
+
+
+def _int8_kernels(m: dict) -> str:
+    """Which CPU's int8 kernels scored a metrics.json (they differ a little between AVX2 and AVX-512)."""
+    return m["quantization"].get("cpu_capability", "x86").replace("AVX512", "AVX-512")
 
 
 def _accuracy_table(m: dict) -> list[str]:
@@ -245,7 +257,7 @@ def readme_models(entries, block: str = "distillation") -> str:
             model, arch, epochs, teacher = create_model("ensemble", **m["model_args"]), "ensemble", "its members'", "none"
         else:
             _, cfg, _ = _evaluated(path, m)
-            model, arch = _model_of(cfg), cfg["model"]
+            model, arch = _model_of(cfg), cfg["model"] + ("`, `int8" if m.get("quantization") else "")
             epochs = (f"{cfg['epochs']} (best {m['checkpoint_epoch']})"
                       + (f" on top of `{Path(cfg['init']).name}`" if cfg.get("init") else ""))
             teacher = (f"`{Path(cfg['teacher']).name}` (T {cfg['kd_temperature']:g}, weight {cfg['kd_alpha']:g}"

@@ -412,7 +412,7 @@ def setup(cfg: TrainConfig) -> Setup:
         if cfg.kd_cache:
             targets = teacher_log_targets(t, tr_x, cfg.progress)
         else:
-            teacher = t.model.to(device).requires_grad_(False)
+            teacher = t.float_model.to(device).requires_grad_(False)
     env = describe_environment()
     machine = {k: env[k] for k in ("cpu", "cpu_flags", "cpu_count", "torch_threads", "device", "cpu_bf16")}
     machine["precision"] = "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
@@ -613,15 +613,15 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -
             "wall_s": time.time() - t0}
 
 
-def export_checkpoint(src, dst, half: bool = False) -> Path:
-    """A small copy of a checkpoint for sharing: weights and metadata, no optimizer state;
-    half=True stores the float weights as fp16 (half the size; loading casts them back)."""
+def export_checkpoint(src, dst, half: bool = False, **extra) -> Path:
+    """A small copy of a checkpoint for sharing: weights and metadata (and `extra` keys), no optimizer
+    state; half=True stores the float weights as fp16 (half the size; loading casts them back)."""
     ck = load_checkpoint(src)
     for k in ("optimizer", "scheduler", "rng", "train_state_dict", "ema_n_averaged"):
         ck.pop(k, None)
-    if half:
+    if half and not ck.get("int8_scales"):  # int8-stored weights are smaller already
         ck["state_dict"], _ = store_weights(ck["state_dict"], "fp16")
-    return save_atomic(ck, Path(dst))
+    return save_atomic({**ck, **extra}, Path(dst))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -58,3 +58,32 @@ def tiny_checkpoint(synthetic_h5, tmp_path_factory):
                          batch_size=32, lr=0.01, progress=False, seed=0)
     fit(cfg)
     return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def crop_checkpoint(synthetic_h5, tmp_path_factory):
+    """A second model unlike tiny_checkpoint: trained on 40-px crops, another seed."""
+    from fer_lib.train import fit, resolve_config
+    out = tmp_path_factory.mktemp("crop")
+    fit(resolve_config(data=str(synthetic_h5), out=str(out), model="vgg_small", crop=40, epochs=1,
+                       batch_size=32, lr=0.01, progress=False, seed=1))
+    return out / "best.pt"
+
+
+def _confident(path, out, gain=10.0):
+    import torch
+
+    from fer_lib.models import load_checkpoint
+    ck = load_checkpoint(path)
+    last = [k for k in ck["state_dict"] if k.startswith("head.") and k.endswith(".weight")][-1]
+    for k in (last, last.replace("weight", "bias")):
+        ck["state_dict"][k] = ck["state_dict"][k] * gain
+    torch.save(ck, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def confident():
+    """confident(path, out, gain=10.0): a copy of a checkpoint with its classifier's logits scaled up. A
+    2-epoch model on synthetic faces is nearly uniform; quantization is only tested where predictions are clear."""
+    return _confident

@@ -8,7 +8,7 @@ LAYERS = {
     0: {"errors", "io", "progress", "environment", "metrics", "flags"},
     1: {"data", "models", "synthetic"},
     2: {"plots"},
-    3: {"train", "tune", "evaluate", "ensemble", "smoothing", "tracking", "video", "predict", "stream"},
+    3: {"train", "tune", "evaluate", "ensemble", "quantize", "smoothing", "tracking", "video", "predict", "stream"},
     4: {"profiles", "report", "frontpage", "study"},
     5: {"cli"},
 }

@@ -9,18 +9,9 @@ from fer_lib import data as data_mod
 from fer_lib.cli import main
 from fer_lib.ensemble import build_ensemble, choose_members
 from fer_lib.models import count_params, list_models, load_checkpoint, load_model
-from fer_lib.train import export_checkpoint, fit, resolve_config, save_atomic
+from fer_lib.train import export_checkpoint, save_atomic
 
 FACES = np.random.default_rng(0).integers(0, 256, (64, 48, 48), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def crop_checkpoint(synthetic_h5, tmp_path_factory):
-    """A second member unlike tiny_checkpoint: trained on 40-px crops, another seed."""
-    out = tmp_path_factory.mktemp("crop")
-    fit(resolve_config(data=str(synthetic_h5), out=str(out), model="vgg_small", crop=40, epochs=1,
-                       batch_size=32, lr=0.01, progress=False, seed=1))
-    return out / "best.pt"
 
 
 def test_ensemble_predicts_the_mean_of_its_members(tiny_checkpoint, crop_checkpoint, tmp_path):
@@ -48,20 +39,9 @@ def test_checkpoint_rebuilds_itself_and_names_its_members(tiny_checkpoint, crop_
     assert "ensemble" not in list_models()  # not an architecture fer train or the search may pick
 
 
-def _confident(path, out, gain=10.0):
-    """A copy of a checkpoint with its classifier's logits scaled up: a 2-epoch model on synthetic faces
-    is nearly uniform, and quantization is only tested where predictions are clear."""
-    ck = load_checkpoint(path)
-    last = [k for k in ck["state_dict"] if k.startswith("head.") and k.endswith(".weight")][-1]
-    for k in (last, last.replace("weight", "bias")):
-        ck["state_dict"][k] = ck["state_dict"][k] * gain
-    torch.save(ck, out)
-    return out
-
-
 def test_int8_storage_keeps_the_predictions_at_a_quarter_of_the_size(tiny_checkpoint, crop_checkpoint,
-                                                                     synthetic_h5, tmp_path):
-    paths = [_confident(tiny_checkpoint, tmp_path / "a.pt"), _confident(crop_checkpoint, tmp_path / "b.pt")]
+                                                                     synthetic_h5, confident, tmp_path):
+    paths = [confident(tiny_checkpoint, tmp_path / "a.pt"), confident(crop_checkpoint, tmp_path / "b.pt")]
     faces, _ = data_mod.load_split(synthetic_h5, "val")
     full = save_atomic(build_ensemble(paths, "fp32"), tmp_path / "fp32.pt")
     small = save_atomic(build_ensemble(paths, "int8"), tmp_path / "int8.pt")
