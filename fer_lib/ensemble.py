@@ -106,9 +106,7 @@ def run(args) -> int:
     out = Path(cfg.out)
     selection_file = report_dir_for(out) / "selection.json"  # beside fer evaluate's metrics.json of it
     for path in (out, selection_file) if cfg.choose else (out,):
-        check_output_path(path, "--out")
-        if path.exists() and not args.overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it")
+        check_output_path(path, "--out", overwrite=args.overwrite)
     for p in args.checkpoints:
         load_checkpoint(p)  # a missing or foreign file is named before minutes of scoring
     members = list(args.checkpoints)

@@ -9,9 +9,9 @@ class UserError(ValueError):
     """A mistake in what the user gave us; the message names the file, split or option, and the fix."""
 
 
-def check_output_path(path, flag: str = "output") -> None:
+def check_output_path(path, flag: str = "output", overwrite: bool = True) -> None:
     """Raise UserError, before any work, when `path` cannot become a file: it is a directory, a
-    parent is a file, or the folder it would go in is not writable."""
+    parent is a file, the folder it would go in is not writable, or (overwrite=False) it exists."""
     import os
     from pathlib import Path
     path = Path(path)
@@ -24,3 +24,5 @@ def check_output_path(path, flag: str = "output") -> None:
         raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{flag} {path}: cannot write in {parent}")
+    if not overwrite and path.exists():
+        raise UserError(f"{path} exists; pass --overwrite to replace it")

@@ -60,11 +60,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, QuantizeConfig)
     out = Path(cfg.out)
-    check_output_path(out, "--out")
     if Path(args.checkpoint).resolve() == out.resolve():
         raise UserError(f"--out {out} is the checkpoint being quantized; write a new file")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    check_output_path(out, "--out", overwrite=args.overwrite)
     if not Path(cfg.data).is_file():
         raise UserError(f"--data {cfg.data}: file not found (its Training faces calibrate the int8 ranges)")
     quant = quantize_checkpoint(args.checkpoint, cfg.data, cfg.faces, cfg.seed)
