@@ -32,3 +32,14 @@ def describe_environment() -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu",
             "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "packages": versions}
+
+
+def describe_machine(m: dict | None) -> str:
+    """A run's machine record (train.Setup.machine, a trial's "machine") in a few words:
+    '2-core AMD EPYC (avx2, fp32, 2 threads)'; '' for none (records before 2026-12)."""
+    if not isinstance(m, dict):
+        return ""
+    cores = f"{m['cpu_count']}-core " if m.get("cpu_count") else ""
+    threads = m["torch_threads"]
+    return (f"{cores}{m['cpu']} ({', '.join(m['cpu_flags'][:1]) or 'no AVX2'}, {m['precision']}, "
+            f"{threads} thread{'s' * (threads != 1)})")

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from .environment import describe_machine
 from .errors import UserError
 from .evaluate import training_summary
 from .io import write_atomic
@@ -90,8 +91,7 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
         made_by = (f"Made by notebook 02 of `fer study --data archive.zip --profile "
                    f"{json.loads(manifest.read_text())['profile']} --run {run}` (report: `reports/{run}/`). ")
     m_ = ck.get("machine")  # checkpoints before 2026-12 did not record it: an AVX2-only 2-core CPU, fp32
-    machine = (f"a {m_['cpu_count']}-core {m_['cpu']} ({', '.join(m_['cpu_flags'][:1]) or 'no AVX2'}, "
-               f"{m_['precision']}, {m_['torch_threads']} threads)" if m_ else "the 2-core CPU")
+    machine = f"a {describe_machine(m_)}" if m_ else "the 2-core CPU"
     half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
     quant = ck.get("quantization")  # fer quantize: int8 inference of the trained float checkpoint
     trained_as = Path(quant["calibration"]["source"]).as_posix() if quant else checkpoint

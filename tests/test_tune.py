@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 import fer_lib.train
+from fer_lib.environment import describe_machine
 from fer_lib.errors import UserError
 from fer_lib import tune
 from fer_lib.models import create_model
@@ -270,6 +271,11 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     default, mine = study.trials[:2]
     assert [t.user_attrs["reference"] for t in (default, mine)] == ["default", "recipe"]
     assert default.state == mine.state == TrialState.COMPLETE
+    assert default.user_attrs["machine"]["precision"] in ("fp32", "bf16")  # where it ran: a study may span CPUs
+    assert default.user_attrs["machine"]["torch_threads"] == torch.get_num_threads()
+    assert describe_machine(default.user_attrs["machine"]).endswith(
+        f"{default.user_attrs['machine']['precision']}, {torch.get_num_threads()} thread"
+        f"{'s' * (torch.get_num_threads() != 1)})")  # notebook 03's "ran on" column
     assert default.params == UNTUNED
     assert mine.params == {**UNTUNED, "batch_size": 64, "scheduler": "step", "step_fraction": 0.5, "gamma": 0.5,
                            "stage_drop": 0.0, "augment": 0.5, "erase": 0.0}
