@@ -143,12 +143,14 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def training_summary(history) -> dict | None:
-    """Epochs run, training wall time and median epoch time from a checkpoint's history."""
+    """Epochs run, training wall time, median epoch time and the machines that ran them, from a checkpoint's history."""
     if not history:
         return None
     times = [r["time_s"] for r in history if "time_s" in r]
+    machines = list(dict.fromkeys(r["ran_on"] for r in history if r.get("ran_on")))
     return {"epochs_run": len(history), "wall_s": round(sum(times), 1),
-            "median_epoch_s": round(float(np.median(times)), 1) if times else None}
+            "median_epoch_s": round(float(np.median(times)), 1) if times else None,
+            **({"ran_on": machines} if machines else {})}  # runs before 2026-12 did not record it
 
 
 def _portable(config: dict | None) -> dict | None:

@@ -92,6 +92,8 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
                    f"{json.loads(manifest.read_text())['profile']} --run {run}` (report: `reports/{run}/`). ")
     m_ = ck.get("machine")  # checkpoints before 2026-12 did not record it: an AVX2-only 2-core CPU, fp32
     machine = f"a {describe_machine(m_)}" if m_ else "the 2-core CPU"
+    if len(trained.get("ran_on", [])) > 1:  # resumed on other machines: name each
+        machine = " and ".join(f"a {ran_on}" for ran_on in trained["ran_on"])
     half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
     quant = ck.get("quantization")  # fer quantize: int8 inference of the trained float checkpoint
     trained_as = Path(quant["calibration"]["source"]).as_posix() if quant else checkpoint
@@ -226,7 +228,7 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
                  if len(runs) > 1 else "reference")
         rows.append(f"| {label} | `{cfg['model']}` | {cfg['optimizer']} / {cfg['scheduler']} | {cfg['batch_size']} "
                     f"| {cfg['lr']:.3g} | {tr['epochs_run']} (best {m['checkpoint_epoch']}) | {tr['wall_s'] / 60:.0f} min, "
-                    f"{tr['median_epoch_s']:.0f} s/epoch | {100 * val['accuracy']:.2f}% "
+                    f"{tr['median_epoch_s']:.0f} s/epoch{_machines(tr)} | {100 * val['accuracy']:.2f}% "
                     f"| {100 * test['accuracy']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] | {delta} "
                     f"| `{Path(path).parent.as_posix()}/` |")
     (ref, ref_val, ref_test), best = runs[0], max(runs, key=lambda r: r[1])
@@ -242,6 +244,12 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
         "| recipe | model | optimizer / scheduler | batch | lr | epochs | training time (median epoch) | PublicTest "
         "| PrivateTest [95% CI] | vs first row, points (Public / Private) | report |",
         "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", verdict])
+
+
+def _machines(training: dict) -> str:
+    """' (on 2 machines)' for a run resumed on other machines, whose times mix their speeds; else ''."""
+    n = len(training.get("ran_on", []))
+    return f" (on {n} machines)" if n > 1 else ""
 
 
 def readme_models(entries, block: str = "distillation") -> str:
@@ -306,10 +314,11 @@ def ablation_table(run_dirs) -> str:
         model = _model_of(cfg)
         best = max(hist, key=lambda r: r["val_acc"])
         gains[d.name] = best["val_acc"] - ref_best
+        timing = training_summary(hist)
         rows.append(f"| {d.name} | {_recipe_change(cfg, ref_cfg)} | {count_params(model) / 1e6:.2f} M "
                     f"| {count_macs(model) / 1e6:.0f} M | {100 * best['val_acc']:.2f}% (epoch {best['epoch']}) "
                     f"| {100 * gains[d.name]:+.2f} | {100 * hist[-1]['train_acc']:.1f}% "
-                    f"| {training_summary(hist)['median_epoch_s']:.0f} s |")
+                    f"| {timing['median_epoch_s']:.0f} s{_machines(timing)} |")
     command = "fer report ablation " + " ".join(Path(d).as_posix() for d, _, _ in runs)
     return "\n".join([
         f"<!-- made by: {command} -->",

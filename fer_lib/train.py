@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
 from .data import load_split, read_info
-from .environment import describe_environment
+from .environment import describe_environment, describe_machine
 from .errors import UserError, check_output_path
 from .flags import add_dataclass_arguments
 from .io import clean_stale_partials, read_config, write_atomic
@@ -484,7 +484,8 @@ def run_epoch(s: Setup, epoch: int) -> dict:
         s.scheduler.step(val["acc"])
     elif s.cfg.scheduler != "onecycle":
         s.scheduler.step()
-    return {"epoch": epoch, **row, "val_loss": val["loss"], "val_acc": val["acc"], "time_s": time.time() - t0}
+    return {"epoch": epoch, **row, "val_loss": val["loss"], "val_acc": val["acc"], "time_s": time.time() - t0,
+            "ran_on": describe_machine(s.machine)}  # a resumed run may span machines: its times need it
 
 
 def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
@@ -579,6 +580,8 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -
         s.scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         history, best, start = ck["history"], ck["best"], ck["epoch"] + 1
+        if ck.get("machine"):  # epochs of a run made before rows said where they ran: on the machine it recorded
+            history = [{**r, "ran_on": r.get("ran_on") or describe_machine(ck["machine"])} for r in history]
         print(f"resuming {out} after epoch {ck['epoch']} (best val_acc {best['val_acc']:.4f})")
     if cfg.progress:  # what the run will cost, before it starts: measured on this machine, not a constant
         print(describe_plan(s, start), flush=True)

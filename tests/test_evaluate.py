@@ -12,6 +12,7 @@ import torch
 
 from fer_lib import cli
 from fer_lib.data import CLASS_NAMES, load_split
+from fer_lib.environment import describe_machine
 from fer_lib.evaluate import evaluate_checkpoint, parse_tta, predict_logits, published_results_table, tta_views
 from fer_lib.metrics import (average_proba, bootstrap_accuracy_ci, compute_metrics, expected_calibration_error,
                              fit_temperature, reliability_bins)
@@ -178,7 +179,8 @@ def test_fer_evaluate_end_to_end(tiny_checkpoint, synthetic_h5, tmp_path, capsys
     assert m["train_config"] == portable and not os.path.isabs(m["train_config"]["out"])
     assert m["training"] == {"epochs_run": len(ck["history"]),
                              "wall_s": round(sum(r["time_s"] for r in ck["history"]), 1),
-                             "median_epoch_s": round(float(np.median([r["time_s"] for r in ck["history"]])), 1)}
+                             "median_epoch_s": round(float(np.median([r["time_s"] for r in ck["history"]])), 1),
+                             "ran_on": [describe_machine(ck["machine"])]}
     assert set(m["temperature"]) == set(m["val"]) == set(m["test"]) == {"plain", "flip", "tencrop"}
     faces, y = load_split(synthetic_h5, "test")
     test = m["test"]["plain"]

@@ -107,6 +107,12 @@ def test_readme_tuning_compares_recipes_and_chooses_on_publictest(tmp_path):
                           "PublicTest and -1.00 on PrivateTest.")
     assert readme_tuning([("untuned default", default), ("Optuna best", _metrics(
         tmp_path / "worse" / "metrics.json", 0.55, 0.70))]).endswith("so tuning did not help here.")
+    # a run resumed on another machine: its time mixes two speeds, and its row says so
+    spanned = json.loads(tuned.read_text())
+    spanned["training"]["ran_on"] = ["AMD EPYC (avx2, fp32, 2 threads)", "Intel Xeon (amx_bf16, bf16, 2 threads)"]
+    tuned.write_text(json.dumps(spanned))
+    assert "| 77 min, 240 s/epoch (on 2 machines) | 63.00%" in readme_tuning([("untuned default", default),
+                                                                         ("Optuna best", tuned)])
 
 
 def test_readme_tuning_refuses_reports_without_the_recipe(tmp_path):

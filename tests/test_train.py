@@ -12,6 +12,8 @@ import torch
 from fer_lib import train
 from fer_lib.cli import main
 from fer_lib.data import load_split
+from fer_lib.environment import describe_machine
+from fer_lib.evaluate import training_summary
 from fer_lib.models import load_checkpoint, load_model
 from fer_lib.synthetic import write_synthetic_h5
 from fer_lib.train import (TrainConfig, augment_batch, build_optimizer, build_scheduler, export_checkpoint, fit,
@@ -28,7 +30,8 @@ def tiny_config(h5, out, **kw) -> TrainConfig:
 
 
 def strip_time(history):
-    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+    """A history's results: without each epoch's time and the machine it ran on."""
+    return [{k: v for k, v in row.items() if k not in ("time_s", "ran_on")} for row in history]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -167,6 +170,28 @@ def test_resume_continues_at_the_next_epoch(synthetic_h5, tmp_path, monkeypatch)
     straight = fit(tiny_config(synthetic_h5, tmp_path / "straight", epochs=3))["history"]
     for a, b in zip(strip_time(resumed), strip_time(straight), strict=True):
         assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_a_run_resumed_on_another_machine_says_where_each_epoch_ran(synthetic_h5, tmp_path, monkeypatch):
+    """Its times mix two speeds (AVX2 fp32, AMX bf16): every history row names its machine; rows of a
+    run made before they did are the machine its checkpoint recorded."""
+    cfg = tiny_config(synthetic_h5, tmp_path, epochs=3)
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cfg)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    here = describe_machine(ck["machine"])
+    assert here and [r["ran_on"] for r in ck["history"]] == [here, here]
+    ck["history"][0].pop("ran_on")  # as a run made before 2026-12 wrote it
+    train.save_atomic(ck, tmp_path / "last.pt")
+    real = train.describe_environment
+    monkeypatch.setattr(train, "describe_environment", lambda: {**real(), "cpu": "Another CPU"})
+    history = fit(cfg, resume=True)["history"]
+    there = here.replace(ck["machine"]["cpu"], "Another CPU")
+    assert [r["ran_on"] for r in history] == [here, here, there]
+    assert training_summary(history)["ran_on"] == [here, there]
+    assert "ran_on" not in training_summary([{"epoch": 1, "time_s": 1.0}])  # an old run's summary is as it was
 
 
 def test_interrupted_run_keeps_its_checkpoints(synthetic_h5, tmp_path, monkeypatch):
