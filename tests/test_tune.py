@@ -287,6 +287,9 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=4, epochs=1, train_fraction=0.3,
                              base=recipe, pruner="none")  # resuming does not enqueue them again
     assert [t.user_attrs.get("reference") for t in resumed.trials] == ["default", "recipe", None, None]
+    as_it_stands = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=10, timeout=0, epochs=1,
+                                  train_fraction=0.3, base=recipe, pruner="none")  # --timeout 0: report, no trial
+    assert len(as_it_stands.trials) == 4 and (tmp_path / "best_params.json").exists()
     with pytest.raises(ValueError, match="step_fraction"):  # a base outside the space is refused, not half-run
         tune.suggest_config(optuna.trial.FixedTrial({**UNTUNED, "scheduler": "step"}), recipe)
     with pytest.raises(UserError, match="outside the search space.*'vgg' not in"):
