@@ -406,9 +406,12 @@ def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: 
     Writes OUT/final.json and points OUT/best_params.json at the chosen finalist."""
     if threads:
         torch.set_num_threads(threads)
-    out, rows = Path(out), []
-    for role, t in finalists(study, k):
-        cfg = trial_config(study, t, final=True, data=str(data), out=str(out / "final" / f"trial_{t.number}"))
+    out, rows, todo = Path(out), [], finalists(study, k)
+    for i, (role, t) in enumerate(todo, 1):
+        # progress: the run prints its plan (epochs, measured speed, time); bars only where FER_PROGRESS allows
+        cfg = trial_config(study, t, final=True, data=str(data), out=str(out / "final" / f"trial_{t.number}"),
+                           progress=True)
+        print(f"finalist {i}/{len(todo)}: trial {t.number} ({role}) at {cfg.epochs} epochs in {cfg.out}", flush=True)
         result = train.fit(cfg, resume="auto")
         rows.append({"role": role, "trial": t.number, "proxy_val_acc": t.value,
                      "final_val_acc": result["best"]["val_acc"], "final_epoch": result["best"]["epoch"],
