@@ -36,6 +36,7 @@ from .report import describe_data, describe_git
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NBVAL_DIR = ROOT / "tests" / "nbval"
+NBVAL_WORK = "../../runs/nbval"                 # the nbval notebooks' data and runs, relative to their folder
 COMMITTED_CHECKPOINT = ROOT / LIVE_MODEL
 TRAINED_CHECKPOINT = "train/best.pt"            # under WORK/RUN/: notebook 02 trains in run_dir=WORK/RUN/train
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
@@ -340,7 +341,7 @@ def write_nbval_refs(notebooks_dir=NOTEBOOKS, out_dir=NBVAL_DIR, only: str | Non
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = "../../runs/nbval"
+    work = NBVAL_WORK
     notebooks = list_notebooks(notebooks_dir, only)
     if not only:   # as in a fresh clone: no checkpoint or Optuna journal left from an earlier run
         shutil.rmtree(out_dir / work, ignore_errors=True)

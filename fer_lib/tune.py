@@ -118,8 +118,7 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     trials are never pruned, so that each has a full-budget score to compare with."""
     cfg = suggest_config(trial, base)
     s = train.setup(cfg)  # loads Training and PublicTest only
-    # a resumed study may span machines: say where each trial ran, at which precision
-    trial.set_user_attr("machine", {k: s.machine[k] for k in ("cpu", "cpu_flags", "torch_threads", "precision")})
+    trial.set_user_attr("machine", s.machine)  # a resumed study may span machines: where it ran, at which precision
     best = 0.0
     for epoch in range(1, cfg.epochs + 1):
         val_acc = train.run_epoch(s, epoch)["val_acc"]

@@ -13,9 +13,9 @@ def pytest_collection_finish(session):
     """The nbval notebooks resume what they find in runs/nbval (a finished training run is not trained
     again), so a leftover made by older code would hide a changed output that a fresh clone (CI) shows.
     When the set starts at notebook 01, which makes that folder's data, it starts from nothing."""
-    first = ROOT / "tests" / "nbval" / "01_preprocess.ipynb"
-    if any(Path(str(item.path)) == first for item in session.items):
-        shutil.rmtree(ROOT / "runs" / "nbval", ignore_errors=True)
+    from fer_lib.study import NBVAL_DIR, NBVAL_WORK
+    if any(Path(str(item.path)) == NBVAL_DIR / "01_preprocess.ipynb" for item in session.items):
+        shutil.rmtree(NBVAL_DIR / NBVAL_WORK, ignore_errors=True)  # as write_nbval_refs does before a full set
 
 
 def real_zip_path() -> Path | None:
