@@ -488,7 +488,24 @@ def run_epoch(s: Setup, epoch: int) -> dict:
             "ran_on": describe_machine(s.machine)}  # a resumed run may span machines: its times need it
 
 
-def _checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
+def restore(s: Setup, ck: dict) -> tuple[list, dict, int]:
+    """Put a last.pt's state into s (weights, EMA, optimizer, scheduler, torch RNG), so that the run goes
+    on as if never stopped; returns its (history, best, next epoch)."""
+    s.model.load_state_dict(ck.get("train_state_dict", ck["state_dict"]))
+    if s.ema is not None:
+        s.ema.module.load_state_dict(ck["state_dict"])
+        s.ema.n_averaged.fill_(ck.get("ema_n_averaged", 1))
+    s.optimizer.load_state_dict(ck["optimizer"])
+    s.scheduler.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["rng"])
+    history = ck["history"]
+    if ck.get("machine"):  # epochs of a run made before rows said where they ran: on the machine it recorded
+        history = [{**r, "ran_on": r.get("ran_on") or describe_machine(ck["machine"])} for r in history]
+    return history, ck["best"], ck["epoch"] + 1
+
+
+def checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
+    """What last.pt and best.pt hold: the model and how to rebuild it, and all a resumed run needs."""
     return {
         "version": CHECKPOINT_VERSION, "fer_lib_version": __version__,
         "model_name": s.cfg.model, "model_args": {k: v for k, v in model_kwargs(s.cfg).items() if v is not None},
@@ -572,16 +589,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -
         params, macs = count_params(s.model), count_macs(create_model(cfg.model, **model_kwargs(cfg)))
     history, best, start = [], {"val_acc": -1.0, "epoch": 0}, 1
     if ck is not None:
-        s.model.load_state_dict(ck.get("train_state_dict", ck["state_dict"]))
-        if s.ema is not None:
-            s.ema.module.load_state_dict(ck["state_dict"])
-            s.ema.n_averaged.fill_(ck.get("ema_n_averaged", 1))
-        s.optimizer.load_state_dict(ck["optimizer"])
-        s.scheduler.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        history, best, start = ck["history"], ck["best"], ck["epoch"] + 1
-        if ck.get("machine"):  # epochs of a run made before rows said where they ran: on the machine it recorded
-            history = [{**r, "ran_on": r.get("ran_on") or describe_machine(ck["machine"])} for r in history]
+        history, best, start = restore(s, ck)
         print(f"resuming {out} after epoch {ck['epoch']} (best val_acc {best['val_acc']:.4f})")
     if cfg.progress:  # what the run will cost, before it starts: measured on this machine, not a constant
         print(describe_plan(s, start), flush=True)
@@ -597,7 +605,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -
             improved = row["val_acc"] > best["val_acc"]
             if improved:
                 best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
-            ck = _checkpoint(s, epoch, history, best)
+            ck = checkpoint(s, epoch, history, best)
             save_atomic(ck, out / "last.pt")
             if improved:
                 save_atomic(ck, out / "best.pt")

@@ -12,7 +12,8 @@ trials always run to the end: the engine's untuned default and the recipe search
 Then the finalists (the references and the `final_top` best trials) are retrained at the
 recipe's own epochs, and the rank correlation of proxy and final scores shows whether the
 proxy ranked recipes right. PrivateTest is never read. `--n-trials` is the study's total of
-finished (complete or pruned) trials, shared by all workers; rerunning resumes a killed study.
+finished (complete or pruned) trials, shared by all workers; rerunning resumes a killed study,
+and a killed trial goes on after its last finished epoch (objective, retry_trial).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +43,7 @@ from .data import read_info
 from .errors import UserError
 from .flags import add_dataclass_arguments, dataclass_from_arguments
 from .io import mask_url, read_config, write_atomic
-from .models import create_model
+from .models import create_model, load_checkpoint
 from .progress import in_notebook
 from .train import TrainConfig, resolve_config
 
@@ -113,20 +115,64 @@ def default_params(cfg: TrainConfig) -> dict:
 REFERENCES = ("default", "recipe")  # the engine's untuned default (TrainConfig), the recipe searched around
 
 
+def trial_run_dir(trial, base: TrainConfig) -> Path:
+    """Where a trial keeps its last.pt while it runs: OUT/trials/<study>/trial_<n>, n being the number of
+    the trial it retries, if any, so that a retry finds the killed trial's epochs."""
+    first = trial.user_attrs.get("retry_of", trial.number)
+    return Path(base.out) / "trials" / trial.study.study_name / f"trial_{first}"
+
+
 def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     """Train one suggested config; the best PublicTest accuracy over its epochs. The reference
-    trials are never pruned, so that each has a full-budget score to compare with."""
+    trials are never pruned, so that each has a full-budget score to compare with.
+
+    Every epoch goes to the trial's last.pt (trial_run_dir), so that a retry of a killed trial goes on
+    after its last finished epoch, replaying the epochs before to the pruner; the checkpoint is
+    deleted when the trial ends."""
     cfg = suggest_config(trial, base)
-    s = train.setup(cfg)  # loads Training and PublicTest only
-    trial.set_user_attr("machine", s.machine)  # a resumed study may span machines: where it ran, at which precision
-    best = 0.0
-    for epoch in range(1, cfg.epochs + 1):
-        val_acc = train.run_epoch(s, epoch)["val_acc"]
-        best = max(best, val_acc)
-        trial.report(val_acc, epoch)
-        if trial.should_prune() and "reference" not in trial.user_attrs:
-            raise optuna.TrialPruned()
-    return best
+    run = trial_run_dir(trial, base)
+    try:
+        s = train.setup(cfg)  # loads Training and PublicTest only
+        trial.set_user_attr("machine", s.machine)  # a resumed study may span machines: where it ran, at which precision
+        ck = _trial_checkpoint(run / "last.pt", cfg)
+        history, best = train.restore(s, ck)[:2] if ck else ([], {"val_acc": -1.0, "epoch": 0})
+        for epoch in range(1, cfg.epochs + 1):
+            if epoch > len(history):
+                row = train.run_epoch(s, epoch)
+                history.append(row)
+                if row["val_acc"] > best["val_acc"]:
+                    best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
+                train.save_atomic(train.checkpoint(s, epoch, history, best), run / "last.pt")
+            trial.report(history[epoch - 1]["val_acc"], epoch)
+            if trial.should_prune() and "reference" not in trial.user_attrs:
+                raise optuna.TrialPruned()
+    except KeyboardInterrupt:  # Optuna marks it FAIL: queue it again, to go on from its checkpoint
+        retry_trial(trial.study, trial)
+        raise
+    except optuna.TrialPruned:
+        _forget(run)
+        raise
+    _forget(run)
+    return best["val_acc"]
+
+
+def _forget(run: Path) -> None:
+    """A finished trial's checkpoint, and OUT/trials/<study> and OUT/trials once they hold nothing."""
+    shutil.rmtree(run, ignore_errors=True)
+    for folder in (run.parent, run.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:  # another trial's, or gone already
+            break
+
+
+def _trial_checkpoint(path: Path, cfg: TrainConfig) -> dict | None:
+    """The trial's last.pt, if it was made with this very config (else the trial starts afresh)."""
+    if not path.is_file():
+        return None
+    ck = load_checkpoint(path)
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in train.UNCHECKED}
+    return ck if {k: ck.get("config", {}).get(k) for k in now} == now else None
 
 
 # ----------------------------------------------------------------------------- storage and study
@@ -151,7 +197,8 @@ def open_storage(storage: str):
             try:
                 with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S)
+                    return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S,
+                                                      heartbeat_stale_trial_callback=retry_trial)
             except sqlalchemy.exc.DBAPIError:  # workers starting together race to create the tables
                 if attempt == 3:
                     raise
@@ -204,10 +251,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+MAX_RETRIES = 3  # a trial whose worker dies again and again (out of memory, say) is given up after this many
+
+
+def retry_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+    """Queue a trial whose worker died again, with its parameters and role, marked as a retry of the
+    first trial of its line (user_attrs retry_of, retries): its epochs so far are in that one's
+    trial_run_dir. Also RDBStorage's heartbeat_stale_trial_callback."""
+    retries = trial.user_attrs.get("retries", 0) + 1
+    if retries > MAX_RETRIES or not trial.params:  # killed before it drew its point: its slot goes to a new one
+        return
+    keep = {k: v for k, v in trial.user_attrs.items() if k == "reference"}  # not the dead worker's pid or host
+    study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.user_attrs.get("retry_of", trial.number),
+                                                  "retries": retries})
+
+
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the running trials whose worker is gone, which would otherwise hold a slot of the
-    budget forever: a dead process on this host; (RDB) no heartbeat for 2 intervals; or no worker
-    recorded at all 5 minutes after the start (killed between creating the trial and claim_slot)."""
+    budget forever, and queue each again (retry_trial): a dead process on this host; (RDB) no heartbeat
+    for 2 intervals; or no worker recorded at all 5 minutes after the start (killed between creating
+    the trial and claim_slot)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; its optimize loop calls it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB storages with heartbeats; a no-op for journal files
@@ -218,10 +281,11 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         if (t.user_attrs.get("host") == host and pid and not _pid_alive(pid)) or \
                 (pid is None and t.datetime_start and t.datetime_start < unclaimed_before):
             try:
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-                dead.append(t.number)
-            except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it just now
-                pass
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # another worker failed it just now
+                continue
+            retry_trial(study, t)  # only the worker whose tell took queues the retry
+            dead.append(t.number)
     return dead
 
 
@@ -295,7 +359,8 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
 
     dead = fail_dead_trials(study)
     if dead:
-        print(f"trials {dead} were left running by a worker that died; marked FAIL")
+        print(f"trials {dead} were left running by a worker that died: marked FAIL and queued again, "
+              "each to go on after its last finished epoch")
     if worker == 0:
         enqueue_references(study, points)
     helpers = _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction,

@@ -2,6 +2,7 @@
 import dataclasses
 import datetime
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -167,7 +168,92 @@ def test_only_trials_of_dead_workers_are_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "datetime", SimpleNamespace(datetime=SimpleNamespace(now=lambda: later),
                                                           timedelta=datetime.timedelta))
     assert tune.fail_dead_trials(study) == [unclaimed.number]
+    # and no retry is queued: they drew no point (test_a_dead_workers_trial_is_queued_again_once)
     assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL]
+
+
+def test_a_dead_workers_trial_is_queued_again_once(tmp_path):
+    study = tune.create_study(str(tmp_path / "optuna.journal"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.enqueue_trial({"x": 0.5}, user_attrs={"reference": "default"})
+    dead = study.ask(space)
+    for key, value in (("host", socket.gethostname()), ("pid", gone.pid)):
+        dead.set_user_attr(key, value)
+    assert tune.fail_dead_trials(study) == [dead.number]
+    assert tune.fail_dead_trials(study) == []  # already failed: no second retry
+    retry = study.get_trials(states=(TrialState.WAITING,))
+    assert len(retry) == 1 and retry[0].user_attrs == {"reference": "default", "retry_of": dead.number, "retries": 1}
+
+    again = study.ask(space)  # the retry runs with the same parameters, and its worker dies too, ... up to MAX_RETRIES
+    assert again.number == retry[0].number and again.params == {"x": 0.5}
+    study.tell(again, state=TrialState.FAIL)
+    tune.retry_trial(study, study.trials[again.number])
+    assert study.trials[-1].user_attrs["retry_of"] == dead.number and study.trials[-1].user_attrs["retries"] == 2
+    last = SimpleNamespace(number=9, params={"x": 0.5}, user_attrs={"retry_of": 0, "retries": tune.MAX_RETRIES})
+    n = len(study.trials)
+    tune.retry_trial(study, last)
+    assert len(study.trials) == n  # given up
+
+
+class Killed(BaseException):
+    """What a kill is to a trial: it escapes Optuna (no Exception, no KeyboardInterrupt), which leaves it RUNNING."""
+
+
+def _die_at_epoch(data, out, epoch) -> None:
+    """A worker process whose training is killed during `epoch` of trial 0."""
+    real = fer_lib.train.run_epoch
+    fer_lib.train.run_epoch = lambda s, e: os._exit(9) if e == epoch else real(s, e)
+    tune.run_study(data, out, n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none",
+                   threads=1)
+
+
+def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, monkeypatch):
+    """A worker killed in epoch 3 of 3: the rerun fails its trial, queues it again, and the retry
+    trains epoch 3 only, ending where the trial would have ended unkilled."""
+    run = dict(n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none", threads=1)
+    whole = tune.run_study(str(synthetic_h5), str(tmp_path / "whole"), **run).trials[0]
+
+    worker = multiprocessing.get_context("fork").Process(target=_die_at_epoch,
+                                                           args=(str(synthetic_h5), str(tmp_path / "cut"), 3))
+    worker.start()
+    worker.join(300)
+    assert worker.exitcode == 9
+    ck = torch.load(tmp_path / "cut" / "trials" / "fer" / "trial_0" / "last.pt", weights_only=False)
+    assert ck["epoch"] == 2
+
+    trained, real = [], fer_lib.train.run_epoch
+    monkeypatch.setattr(fer_lib.train, "run_epoch", lambda s, e: trained.append(e) or real(s, e))
+    study = tune.run_study(str(synthetic_h5), str(tmp_path / "cut"), **run)
+    killed, retry = study.trials
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert trained == [3]
+    assert retry.user_attrs["reference"] == whole.user_attrs["reference"] and retry.user_attrs["retry_of"] == 0
+    assert retry.params == whole.params
+    assert retry.intermediate_values == whole.intermediate_values and retry.value == whole.value
+    assert not (tmp_path / "cut" / "trials").exists()
+
+
+def test_an_interrupted_trial_is_queued_again(synthetic_h5, tmp_path, monkeypatch):
+    """Ctrl-C (a notebook's interrupt) in epoch 2: Optuna fails the trial; its retry is queued, its epoch 1 kept."""
+    base = TrainConfig(**TINY, data=str(synthetic_h5), out=str(tmp_path), epochs=2, train_fraction=0.3, progress=False)
+    study = tune.create_study(str(tmp_path / "optuna.journal"))
+    study.enqueue_trial(UNTUNED)
+    real = fer_lib.train.run_epoch
+
+    def interrupted(s, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(s, epoch)
+    monkeypatch.setattr(fer_lib.train, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda trial: tune.objective(trial, base), n_trials=1)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.system_attrs["fixed_params"] == first.params  # what a waiting trial will be asked with
+    assert retry.user_attrs == {"retry_of": 0, "retries": 1}
+    assert torch.load(tmp_path / "trials" / "fer" / "trial_0" / "last.pt", weights_only=False)["epoch"] == 1
 
 
 def scramble_test_split(src, dst) -> None:
@@ -319,13 +405,14 @@ class PruneAll(optuna.pruners.BasePruner):
 def test_references_are_never_pruned(synthetic_h5, tmp_path):
     """A pruner that stops every trial at its first report stops none of the references: each finalist
     has a full-budget score to be compared with."""
-    base = TrainConfig(**TINY, data=str(synthetic_h5), epochs=2, train_fraction=0.3, progress=False)
+    base = TrainConfig(**TINY, data=str(synthetic_h5), out=str(tmp_path), epochs=2, train_fraction=0.3, progress=False)
     study = optuna.create_study(direction="maximize", pruner=PruneAll(), sampler=optuna.samplers.TPESampler(seed=0))
     study.enqueue_trial(UNTUNED, user_attrs={"reference": "default"})
     study.enqueue_trial(UNTUNED)
     study.optimize(lambda trial: tune.objective(trial, base), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert set(study.trials[0].intermediate_values) == {1, 2} and set(study.trials[1].intermediate_values) == {1}
+    assert not (tmp_path / "trials").exists()  # a trial's checkpoint lives while it runs, pruned or not
     assert isinstance(tune.create_pruner("hyperband", 2, 9), optuna.pruners.HyperbandPruner)
 
 
