@@ -43,6 +43,17 @@ def write_atomic(path, content) -> Path:
     return path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs here (any user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    return True
+
+
 def clean_stale_partials(folder) -> list[Path]:
     """Delete the partial files write_atomic left in `folder` when its writer was killed (the pid in
     the name no longer runs); live writers' files stay."""
@@ -51,12 +62,7 @@ def clean_stale_partials(folder) -> list[Path]:
         m = PARTIAL.search(tmp.name)
         if not m:
             continue
-        try:
-            os.kill(int(m["pid"]), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # another user's live process
+        if pid_alive(int(m["pid"])):
             continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)

@@ -42,7 +42,7 @@ from . import train
 from .data import read_info
 from .errors import UserError
 from .flags import add_dataclass_arguments, dataclass_from_arguments
-from .io import mask_url, read_config, write_atomic
+from .io import mask_url, pid_alive, read_config, write_atomic
 from .models import create_model, load_checkpoint
 from .progress import in_notebook
 from .train import TrainConfig, resolve_config
@@ -241,14 +241,20 @@ def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = 
 
 # ----------------------------------------------------------------------------- a budget shared by workers
 
-def _pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> str | None:
+    """This boot's id and the process's start time (Linux /proc): what tells a worker from a later process
+    that got its pid, pids being reused (after a reboot too); None where /proc has neither."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        pass
-    return True
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{start}"
+
+
+def _worker_alive(attrs: dict) -> bool:
+    """Whether the process that claimed a trial on this host (user_attrs pid, process) still runs."""
+    return pid_alive(attrs["pid"]) and attrs.get("process") in (None, process_start(attrs["pid"]))
 
 
 MAX_RETRIES = 3  # a trial whose worker dies again and again (out of memory, say) is given up after this many
@@ -268,7 +274,8 @@ def retry_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTr
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the running trials whose worker is gone, which would otherwise hold a slot of the
-    budget forever, and queue each again (retry_trial): a dead process on this host; (RDB) no heartbeat
+    budget forever, and queue each again (retry_trial): a dead process on this host (or one whose pid
+    a later process got); (RDB) no heartbeat
     for 2 intervals; or no worker recorded at all 5 minutes after the start (killed between creating
     the trial and claim_slot)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; its optimize loop calls it too
@@ -278,7 +285,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     unclaimed_before = datetime.datetime.now() - datetime.timedelta(minutes=5)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if (t.user_attrs.get("host") == host and pid and not _pid_alive(pid)) or \
+        if (t.user_attrs.get("host") == host and pid and not _worker_alive(t.user_attrs)) or \
                 (pid is None and t.datetime_start and t.datetime_start < unclaimed_before):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
@@ -303,6 +310,7 @@ def claim_slot(trial: optuna.Trial, n_trials: int) -> None:
     """Record who runs `trial`; raise SurplusTrial if earlier trials already fill the budget."""
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("process", process_start(os.getpid()))
     fail_dead_trials(trial.study)
     if count_claimed(trial.study, before=trial.number) >= n_trials:
         trial.set_user_attr("surplus", True)

@@ -157,11 +157,14 @@ def test_only_trials_of_dead_workers_are_failed(tmp_path, monkeypatch):
     study = tune.create_study(str(tmp_path / "optuna.journal"))
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid that no longer runs
-    live, dead, unclaimed = study.ask(), study.ask(), study.ask()
-    for trial, pid in ((live, os.getpid()), (dead, gone.pid)):
+    live, dead, reused, unclaimed = study.ask(), study.ask(), study.ask(), study.ask()
+    for trial, pid in ((live, os.getpid()), (dead, gone.pid), (reused, os.getpid())):
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", pid)
-    assert tune.fail_dead_trials(study) == [dead.number]
+    live.set_user_attr("process", tune.process_start(os.getpid()))
+    reused.set_user_attr("process", "an-earlier-boot:123")  # its worker died, and this process got its pid
+    assert tune.process_start(os.getpid()) is not None  # Linux: /proc tells
+    assert tune.fail_dead_trials(study) == [dead.number, reused.number]
     assert tune.count_claimed(study) == 2  # live and the unclaimed one, which may be just starting
 
     later = datetime.datetime.now() + datetime.timedelta(minutes=6)  # nobody claimed it for 6 minutes
@@ -169,7 +172,7 @@ def test_only_trials_of_dead_workers_are_failed(tmp_path, monkeypatch):
                                                           timedelta=datetime.timedelta))
     assert tune.fail_dead_trials(study) == [unclaimed.number]
     # and no retry is queued: they drew no point (test_a_dead_workers_trial_is_queued_again_once)
-    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL]
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] + [TrialState.FAIL] * 3
 
 
 def test_a_dead_workers_trial_is_queued_again_once(tmp_path):
