@@ -136,6 +136,9 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
         trial.set_user_attr("machine", s.machine)  # a resumed study may span machines: where it ran, at which precision
         ck = _trial_checkpoint(run / "last.pt", cfg)
         history, best = train.restore(s, ck)[:2] if ck else ([], {"val_acc": -1.0, "epoch": 0})
+        if ck:
+            print(f"trial {trial.number} goes on after epoch {ck['epoch']} of trial {trial.user_attrs['retry_of']}",
+                  flush=True)
         for epoch in range(1, cfg.epochs + 1):
             if epoch > len(history):
                 row = train.run_epoch(s, epoch)
@@ -167,12 +170,16 @@ def _forget(run: Path) -> None:
 
 
 def _trial_checkpoint(path: Path, cfg: TrainConfig) -> dict | None:
-    """The trial's last.pt, if it was made with this very config (else the trial starts afresh)."""
+    """The trial's last.pt, if it was made with this very config (else the trial starts afresh). The
+    data may have moved: the study holds its checksum (run_study)."""
     if not path.is_file():
         return None
     ck = load_checkpoint(path)
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in train.UNCHECKED}
-    return ck if {k: ck.get("config", {}).get(k) for k in now} == now else None
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in (*train.UNCHECKED, "data")}
+    if {k: ck.get("config", {}).get(k) for k in now} == now:
+        return ck
+    print(f"{path} was made with another configuration: the trial starts afresh", flush=True)
+    return None
 
 
 # ----------------------------------------------------------------------------- storage and study

@@ -212,9 +212,9 @@ def _die_at_epoch(data, out, epoch) -> None:
                    threads=1)
 
 
-def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, monkeypatch):
-    """A worker killed in epoch 3 of 3: the rerun fails its trial, queues it again, and the retry
-    trains epoch 3 only, ending where the trial would have ended unkilled."""
+def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, monkeypatch, capsys):
+    """A worker killed in epoch 3 of 3: the rerun (with the data moved meanwhile) fails its trial, queues
+    it again, and the retry trains epoch 3 only, ending where the trial would have ended unkilled."""
     run = dict(n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none", threads=1)
     whole = tune.run_study(str(synthetic_h5), str(tmp_path / "whole"), **run).trials[0]
 
@@ -228,7 +228,9 @@ def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, mon
 
     trained, real = [], fer_lib.train.run_epoch
     monkeypatch.setattr(fer_lib.train, "run_epoch", lambda s, e: trained.append(e) or real(s, e))
-    study = tune.run_study(str(synthetic_h5), str(tmp_path / "cut"), **run)
+    moved = shutil.copy(synthetic_h5, tmp_path / "moved.h5")
+    study = tune.run_study(str(moved), str(tmp_path / "cut"), **run)
+    assert "trial 1 goes on after epoch 2 of trial 0" in capsys.readouterr().out
     killed, retry = study.trials
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert trained == [3]
