@@ -9,7 +9,7 @@ import torch
 from fer_lib import models
 from fer_lib.models import (ACTIVATIONS, Classifier, count_macs, count_params, create_model, list_models,
                             load_checkpoint, load_model, model_from_checkpoint, register_model, summarize_models)
-from fer_lib.train import _checkpoint, resolve_config, run_epoch, save_atomic, setup
+from fer_lib.train import checkpoint, resolve_config, run_epoch, save_atomic, setup
 
 # Measured once with create_model(name) and written down: a change to an architecture must be deliberate.
 PARAMS = {"baseline": 2_731_719, "improved": 1_835_751, "vgg": 7_050_055, "vgg_small": 1_764_775,
@@ -124,7 +124,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(synthetic_h5, tmp_pat
                          model_args={"widths": [8, 16, 32], "hidden": 32}, activation="elu", progress=False)
     s = setup(cfg)
     run_epoch(s, 1)   # BN running statistics and weights move away from their initial values
-    save_atomic(_checkpoint(s, 1, [run_epoch(s, 1)], {"val_acc": 0.0, "epoch": 1}), tmp_path / "ck.pt")
+    save_atomic(checkpoint(s, 1, [run_epoch(s, 1)], {"val_acc": 0.0, "epoch": 1}), tmp_path / "ck.pt")
     in_memory = Classifier(s.model, s.mean, s.std, s.class_names)
     loaded = load_model(tmp_path / "ck.pt")
     faces = np.random.default_rng(0).integers(0, 256, (9, 48, 48), dtype=np.uint8)
