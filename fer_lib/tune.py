@@ -282,9 +282,8 @@ def retry_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTr
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the running trials whose worker is gone, which would otherwise hold a slot of the
     budget forever, and queue each again (retry_trial): a dead process on this host (or one whose pid
-    a later process got); (RDB) no heartbeat
-    for 2 intervals; or no worker recorded at all 5 minutes after the start (killed between creating
-    the trial and claim_slot)."""
+    a later process got); (RDB) no heartbeat for 2 intervals; or no worker recorded at all 5 minutes
+    after the start (killed between creating the trial and claim_slot)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; its optimize loop calls it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB storages with heartbeats; a no-op for journal files

@@ -200,6 +200,20 @@ def test_a_dead_workers_trial_is_queued_again_once(tmp_path):
     assert len(study.trials) == n  # given up
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_stale_trial_in_a_database_is_queued_again(tmp_path, monkeypatch):
+    """RDB storages find dead workers by their heartbeat (workers on many machines): the same retry."""
+    monkeypatch.setattr(tune, "HEARTBEAT_S", 1)  # stale after 2 s without a heartbeat
+    study = tune.create_study(f"sqlite:///{tmp_path}/optuna.db")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage.record_heartbeat(trial._trial_id)  # what a worker's heartbeat thread does, then it died
+    time.sleep(3)
+    tune.fail_dead_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].system_attrs["fixed_params"] == trial.params
+    assert study.trials[1].user_attrs == {"retry_of": 0, "retries": 1}
+
+
 class Killed(BaseException):
     """What a kill is to a trial: it escapes Optuna (no Exception, no KeyboardInterrupt), which leaves it RUNNING."""
 
