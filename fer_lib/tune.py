@@ -31,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import torch
@@ -235,15 +236,22 @@ def log_trials_to_stdout() -> None:
 
 
 def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = "median", min_epochs: int = 1,
-                 max_epochs: int | str = "auto") -> optuna.Study:
-    """Create or resume (load_if_exists) a maximizing study with a seeded TPE sampler."""
+                 max_epochs: int | str = "auto", worker: int = 0) -> optuna.Study:
+    """Create or resume (load_if_exists) a maximizing study with a seeded TPE sampler.
+
+    The sampler's seed is drawn from (seed, worker, trials in the study so far): parallel workers
+    don't propose the same trials, and a resumed one doesn't draw its first trials again (a sampler
+    seeded alike replays its random start), yet a study run the same way draws the same trials."""
     if in_notebook():
         log_trials_to_stdout()
+    study = optuna.create_study(storage=open_storage(storage) if isinstance(storage, str) else storage,
+                                study_name=study_name, direction="maximize",
+                                pruner=create_pruner(pruner, min_epochs, max_epochs), load_if_exists=True)
+    start = np.random.SeedSequence([seed, worker, len(study.get_trials(deepcopy=False))])
     # constant_liar: parallel workers don't all sample next to the same running trial.
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    return optuna.create_study(storage=open_storage(storage) if isinstance(storage, str) else storage,
-                               study_name=study_name, direction="maximize", sampler=sampler,
-                               pruner=create_pruner(pruner, min_epochs, max_epochs), load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=int(start.generate_state(1)[0]), multivariate=True,
+                                               constant_liar=True)
+    return study
 
 
 # ----------------------------------------------------------------------------- a budget shared by workers
@@ -356,9 +364,8 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
     points = reference_points(recipe)  # before anything is written: a recipe outside the space leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-    # Each worker samples with its own seed, else parallel workers propose the same first trials.
-    study = create_study(storage or str(out / "optuna.journal"), study_name, seed + worker, pruner,
-                         min(min_epochs, epochs), epochs)
+    study = create_study(storage or str(out / "optuna.journal"), study_name, seed, pruner, min(min_epochs, epochs),
+                         epochs, worker)
     fixed = {k: v for k, v in dataclasses.asdict(recipe).items()
              if k not in ("data", "out", "epochs", "train_fraction", "seed")}
     search = {"data_sha256": read_info(data)["source_sha256"], "epochs_per_trial": epochs,

@@ -214,6 +214,27 @@ def test_a_stale_trial_in_a_database_is_queued_again(tmp_path, monkeypatch):
     assert study.trials[1].user_attrs == {"retry_of": 0, "retries": 1}
 
 
+def test_a_resumed_worker_draws_new_trials(tmp_path):
+    """Each start of a worker samples anew: a sampler seeded as before would replay its first (random)
+    trials, which a study resumed every few hours would then train again. Run the same way, a study
+    draws the same trials."""
+    space = {"x": optuna.distributions.FloatDistribution(0, 1), "y": optuna.distributions.IntDistribution(0, 99)}
+
+    def two_starts(journal):
+        drawn = []
+        for _ in range(2):  # the worker is stopped, then rerun on the same storage
+            study = tune.create_study(str(journal), seed=0)
+            trial = study.ask(space)
+            study.tell(trial, 0.5)
+            drawn.append(trial.params)
+        return drawn
+    first, second = two_starts(tmp_path / "a.journal")
+    assert first != second
+    assert two_starts(tmp_path / "b.journal") == [first, second]
+    study = tune.create_study(str(tmp_path / "c.journal"), seed=0, worker=1)
+    assert study.ask(space).params != first  # another worker, another draw
+
+
 class Killed(BaseException):
     """What a kill is to a trial: it escapes Optuna (no Exception, no KeyboardInterrupt), which leaves it RUNNING."""
 
