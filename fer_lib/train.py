@@ -532,6 +532,14 @@ def _finished(ck: dict, cfg: TrainConfig) -> bool:
     return ck["epoch"] >= cfg.epochs or bool(cfg.patience and ck["epoch"] - ck["best"]["epoch"] >= cfg.patience)
 
 
+def changed_fields(ck: dict, cfg: TrainConfig, ignore: tuple = ()) -> list[str]:
+    """The fields of cfg that the checkpoint's run was made with otherwise (UNCHECKED and `ignore` aside)."""
+    saved, default = ck.get("config", {}), dataclasses.asdict(TrainConfig())
+    # a field the run predates had its default then (the engine's additions are all off by default)
+    return [k for k, v in dataclasses.asdict(cfg).items()
+            if k not in UNCHECKED + ignore and saved.get(k, default[k]) != v]
+
+
 def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict | None:
     """Decide, before anything is written, what training into cfg.out means; the last.pt to resume
     from, or None for a fresh run. Never replaces a run silently:
@@ -552,9 +560,8 @@ def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bo
     if not (out / "last.pt").exists():
         raise UserError(f"nothing to resume in {out}: no last.pt" + (f" (it holds {', '.join(held)})" if held else ""))
     ck = load_checkpoint(out / "last.pt")
-    saved, now, default = ck.get("config", {}), dataclasses.asdict(cfg), dataclasses.asdict(TrainConfig())
-    # a field the run predates had its default then (the engine's additions are all off by default)
-    differ = [k for k in now if k not in UNCHECKED and saved.get(k, default[k]) != now[k]]
+    saved, now = ck.get("config", {}), dataclasses.asdict(cfg)
+    differ = changed_fields(ck, cfg)
     if differ:
         what = "; ".join(f"{k}: run {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise UserError(f"{out} was trained with another configuration ({what}); resume it with its own "

@@ -176,8 +176,7 @@ def _trial_checkpoint(path: Path, cfg: TrainConfig) -> dict | None:
     if not path.is_file():
         return None
     ck = load_checkpoint(path)
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in (*train.UNCHECKED, "data")}
-    if {k: ck.get("config", {}).get(k) for k in now} == now:
+    if not train.changed_fields(ck, cfg, ignore=("data",)):
         return ck
     print(f"{path} was made with another configuration: the trial starts afresh", flush=True)
     return None
