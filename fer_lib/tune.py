@@ -7,7 +7,7 @@
 
 Each trial trains with fer_lib.train's engine on Training (a proxy: fewer epochs than the
 final run, its schedule stretched over them), reports PublicTest accuracy every epoch so that
-Hyperband stops weak trials early, and returns its best PublicTest accuracy. Two reference
+successive halving stops weak trials early, and returns its best PublicTest accuracy. Two reference
 trials always run to the end: the engine's untuned default and the recipe searched around.
 Then the finalists (the references and the `final_top` best trials) are retrained at the
 recipe's own epochs, and the rank correlation of proxy and final scores shows whether the
@@ -58,9 +58,9 @@ class TuneConfig:
     n_trials: int = 30                # finished (complete or pruned) trials in the study, all workers together
     timeout: float | None = 2400      # seconds after which a worker starts no new trial (None: no limit)
     epochs_per_trial: int = 9         # a trial's budget: its schedule spans these epochs (the proxy of the final run)
-    min_epochs: int = 3               # hyperband: the epochs every trial gets before it may be stopped
+    min_epochs: int = 3               # halving, hyperband: the epochs every trial gets before it may be stopped
     train_fraction: float = 1.0       # stratified share of Training each trial trains on
-    pruner: str = "hyperband"         # hyperband | median | none
+    pruner: str = "halving"           # halving | hyperband | median | none (create_pruner)
     workers: int = 1                  # processes on this machine sharing the study, one thread each
     final_top: int = 3                # then retrain the best trials and both references at the final budget (0: no)
     final_epochs: int | None = None   # the final budget; None: the recipe's own epochs (the train section's)
@@ -214,14 +214,56 @@ def open_storage(storage: str):
     return JournalStorage(JournalFileBackend(storage))  # file locks: many processes, one machine
 
 
+class HalvingPruner(optuna.pruners.BasePruner):
+    """Successive halving, one bracket: at epochs min_epochs, reduction_factor times that, ... below
+    max_epochs, a trial goes on only if it is among the best 1/reduction_factor of the trials (finished
+    or running, itself too) that reported that epoch; until `reduction_factor` others have, it goes on.
+
+    Why not Optuna's own: with HyperbandPruner, TPE learns only from the trials of the same bracket
+    (optuna.pruners._filter_study), so two brackets mean two searches of half the trials each, one of them
+    never pruned; SuccessiveHalvingPruner keeps its rungs in trial attributes, so a failed trial and its
+    retry (retry_trial) both count, and a study that ran another pruner is misjudged. This one reads the
+    reported accuracies only: a study may switch to it, and a retry replaces the failed trial."""
+
+    def __init__(self, min_epochs: int, max_epochs: int | None = None, reduction_factor: int = 3):
+        self.min_epochs, self.max_epochs, self.reduction_factor = min_epochs, max_epochs, reduction_factor
+
+    def rungs(self, max_epochs: int) -> list[int]:
+        """The epochs at which trials are judged, up to max_epochs."""
+        out = [self.min_epochs]
+        while out[-1] * self.reduction_factor <= max_epochs:
+            out.append(out[-1] * self.reduction_factor)
+        return [e for e in out if self.max_epochs is None or e < self.max_epochs]  # not at the end: it finished
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        epoch = trial.last_step
+        if epoch is None or epoch not in self.rungs(epoch):
+            return False
+        value = trial.intermediate_values[epoch]
+        others = [t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False, states=FINISHED +
+                                                                         (TrialState.RUNNING,))
+                  if t.number != trial.number and epoch in t.intermediate_values]
+        if np.isnan(value):
+            return True
+        if len(others) < self.reduction_factor:
+            return False
+        better = sum(v > value for v in others)
+        return better >= -(-(len(others) + 1) // self.reduction_factor)  # not among the best ceil(n / factor)
+
+
+PRUNERS = ("halving", "hyperband", "median", "none")
+
+
 def create_pruner(name: str, min_epochs: int = 1, max_epochs: int | str = "auto") -> optuna.pruners.BasePruner:
+    if name == "halving":  # best third at min_epochs, 3x that, ... below the trial's budget
+        return HalvingPruner(min_epochs, None if max_epochs == "auto" else max_epochs)
     if name == "median":  # below the median of earlier trials at the same epoch; epoch 1 is too noisy
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":  # successive halving at min_epochs, 3x that, ... up to the trial's budget
+    if name == "hyperband":  # brackets of successive halving; TPE then learns within a bracket only
         return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; choose median, hyperband or none")
+    raise ValueError(f"unknown pruner {name!r}; choose {', '.join(PRUNERS)}")
 
 
 def log_trials_to_stdout() -> None:
@@ -362,6 +404,8 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
         recipe = dataclasses.replace(recipe, epochs=final_epochs)
     trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
     points = reference_points(recipe)  # before anything is written: a recipe outside the space leaves nothing behind
+    if pruner not in PRUNERS:
+        raise UserError(f"unknown pruner {pruner!r}; choose {', '.join(PRUNERS)}")
     out.mkdir(parents=True, exist_ok=True)
     study = create_study(storage or str(out / "optuna.journal"), study_name, seed, pruner, min(min_epochs, epochs),
                          epochs, worker)
@@ -391,6 +435,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
 
     def budgeted_objective(trial):
         claim_slot(trial, n_trials)
+        trial.set_user_attr("pruner", pruner)  # a study may change pruners when resumed: which judged this trial
         return objective(trial, trial_base)
 
     try:

@@ -270,7 +270,7 @@ def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, mon
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert trained == [3]
     assert retry.user_attrs["reference"] == whole.user_attrs["reference"] and retry.user_attrs["retry_of"] == 0
-    assert retry.params == whole.params
+    assert retry.params == whole.params and retry.user_attrs["pruner"] == "none"
     assert retry.intermediate_values == whole.intermediate_values and retry.value == whole.value
     assert not (tmp_path / "cut" / "trials").exists()
 
@@ -361,6 +361,54 @@ def test_hyperband_pruner_prunes(tmp_path):
     assert study.get_trials(states=(TrialState.PRUNED,))
     with pytest.raises(ValueError, match="unknown pruner 'asha'"):
         tune.create_pruner("asha")
+
+
+def test_an_unknown_pruner_writes_nothing(synthetic_h5, tmp_path):
+    with pytest.raises(UserError, match="unknown pruner 'asha'; choose halving, hyperband"):
+        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), n_trials=0, pruner="asha")
+    assert not (tmp_path / "tune").exists()
+
+
+def _constant(values):
+    """A scripted objective: trial n reports values[n] at each of 9 epochs (or the list values[n], epoch by epoch)."""
+    def objective(trial):
+        v = values[trial.number]
+        v = v if isinstance(v, list) else [v] * 9
+        for epoch in range(1, 10):
+            trial.report(v[epoch - 1], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return v[-1]
+    return objective
+
+
+def test_halving_keeps_the_best_third_at_its_rung(tmp_path):
+    study = tune.create_study(str(tmp_path / "sh.journal"), "scripted", pruner="halving", min_epochs=3, max_epochs=9)
+    late_drop = [0.9] * 8 + [0.0]  # judged at epoch 3 only: never pruned at the trial's last epoch
+    values = [0.5, 0.6, 0.4, 0.7, 0.3, 0.55, 0.65, late_drop]
+    study.optimize(_constant(values), n_trials=len(values))
+    # trials 0-2: too few others to rank; 3: best; 4, 5: 4 and 2 better among 5 and 6 (keep 2);
+    # 6: 1 better among 7 (keep 3); 7: the best at epoch 3
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED] * 2 + \
+        [TrialState.COMPLETE] * 2
+    assert [t.last_step for t in study.trials if t.state == TrialState.PRUNED] == [3, 3]
+    assert tune.create_pruner("halving", 1, 9).rungs(9) == [1, 3] and tune.HalvingPruner(2).rungs(20) == [2, 6, 18]
+
+
+def test_halving_counts_a_retried_trial_once(tmp_path):
+    """A failed trial's epochs are not a rival's: its retry carries them (Optuna's SuccessiveHalvingPruner
+    counted both, and a study that ran Hyperband before is judged on the epochs alone)."""
+    study = tune.create_study(str(tmp_path / "sh.journal"), "scripted", pruner="hyperband", min_epochs=3,
+                              max_epochs=9)
+    for v in (0.8, 0.8, 0.8):  # three failed copies of one strong trial
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, intermediate_values={1: v, 2: v, 3: v}))
+    study.optimize(_constant([None] * 3 + [0.8, 0.5, 0.4, 0.45]), n_trials=4)  # hyperband: its rung keys
+    study = tune.create_study(str(tmp_path / "sh.journal"), "scripted", pruner="halving", min_epochs=3,
+                              max_epochs=9)  # resumed with another pruner
+    study.optimize(_constant([None] * 7 + [0.5, 0.6, 0.3]), n_trials=3)
+    # among trials 3-6 (0.8, 0.5, 0.4, 0.45) and each other, 0.5 and 0.6 are in the best third; with the
+    # failed copies (0.8 three times more) neither would be
+    assert [t.state for t in study.trials[7:]] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
 
 
 def test_resumed_study_must_keep_its_budget(synthetic_h5, tmp_path):
