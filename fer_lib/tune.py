@@ -132,6 +132,7 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     deleted when the trial ends."""
     cfg = suggest_config(trial, base)
     run = trial_run_dir(trial, base)
+    judged = judged_epochs(trial)
     try:
         s = train.setup(cfg)  # loads Training and PublicTest only
         trial.set_user_attr("machine", s.machine)  # a resumed study may span machines: where it ran, at which precision
@@ -148,7 +149,7 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
                     best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
                 train.save_atomic(train.checkpoint(s, epoch, history, best), run / "last.pt")
             trial.report(history[epoch - 1]["val_acc"], epoch)
-            if trial.should_prune() and "reference" not in trial.user_attrs:
+            if epoch > judged and trial.should_prune() and "reference" not in trial.user_attrs:
                 raise optuna.TrialPruned()
     except KeyboardInterrupt:  # Optuna marks it FAIL: queue it again, to go on from its checkpoint
         retry_trial(trial.study, trial)
@@ -158,6 +159,17 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
         raise
     _forget(run)
     return best["val_acc"]
+
+
+def judged_epochs(trial) -> int:
+    """The epochs that the failed trials this one retries reported, each judged by the pruner then: a
+    kill does not change a verdict (a retry may meet more rivals, or another pruner, at a rung it passed)."""
+    first = trial.user_attrs.get("retry_of")
+    if first is None:
+        return 0
+    return max((max(t.intermediate_values, default=0) for t in trial.study.get_trials(deepcopy=False,
+                                                                                      states=(TrialState.FAIL,))
+                if first in (t.number, t.user_attrs.get("retry_of"))), default=0)
 
 
 def _forget(run: Path) -> None:

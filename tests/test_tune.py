@@ -263,12 +263,15 @@ def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, mon
 
     trained, real = [], fer_lib.train.run_epoch
     monkeypatch.setattr(fer_lib.train, "run_epoch", lambda s, e: trained.append(e) or real(s, e))
+    judged = []  # the epochs the pruner sees: the killed trial's verdicts on epochs 1-2 stand
+    monkeypatch.setattr(tune, "create_pruner", lambda *a: SimpleNamespace(prune=lambda study, t: judged.append(
+        t.last_step)))
     moved = shutil.copy(synthetic_h5, tmp_path / "moved.h5")
     study = tune.run_study(str(moved), str(tmp_path / "cut"), **run)
     assert "trial 1 goes on after epoch 2 of trial 0" in capsys.readouterr().out
     killed, retry = study.trials
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert trained == [3]
+    assert trained == [3] and judged == [3]
     assert retry.user_attrs["reference"] == whole.user_attrs["reference"] and retry.user_attrs["retry_of"] == 0
     assert retry.params == whole.params and retry.user_attrs["pruner"] == "none"
     assert retry.intermediate_values == whole.intermediate_values and retry.value == whole.value
