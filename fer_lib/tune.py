@@ -149,7 +149,8 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
                     best = {"val_acc": row["val_acc"], "val_loss": row["val_loss"], "epoch": epoch}
                 train.save_atomic(train.checkpoint(s, epoch, history, best), run / "last.pt")
             trial.report(history[epoch - 1]["val_acc"], epoch)
-            if epoch > judged and trial.should_prune() and "reference" not in trial.user_attrs:
+            # no verdict at the last epoch: the trial is trained (Optuna's Hyperband would judge its top bracket there)
+            if judged < epoch < cfg.epochs and trial.should_prune() and "reference" not in trial.user_attrs:
                 raise optuna.TrialPruned()
     except KeyboardInterrupt:  # Optuna marks it FAIL: queue it again, to go on from its checkpoint
         retry_trial(trial.study, trial)

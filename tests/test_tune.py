@@ -248,30 +248,30 @@ def _die_at_epoch(data, out, epoch) -> None:
 
 
 def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, monkeypatch, capsys):
-    """A worker killed in epoch 3 of 3: the rerun (with the data moved meanwhile) fails its trial, queues
-    it again, and the retry trains epoch 3 only, ending where the trial would have ended unkilled."""
+    """A worker killed in epoch 2 of 3: the rerun (with the data moved meanwhile) fails its trial, queues
+    it again, and the retry trains epochs 2 and 3 only, ending where the trial would have ended unkilled."""
     run = dict(n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none", threads=1)
     whole = tune.run_study(str(synthetic_h5), str(tmp_path / "whole"), **run).trials[0]
 
     worker = multiprocessing.get_context("fork").Process(target=_die_at_epoch,
-                                                           args=(str(synthetic_h5), str(tmp_path / "cut"), 3))
+                                                           args=(str(synthetic_h5), str(tmp_path / "cut"), 2))
     worker.start()
     worker.join(300)
     assert worker.exitcode == 9
     ck = torch.load(tmp_path / "cut" / "trials" / "fer" / "trial_0" / "last.pt", weights_only=False)
-    assert ck["epoch"] == 2
+    assert ck["epoch"] == 1
 
     trained, real = [], fer_lib.train.run_epoch
     monkeypatch.setattr(fer_lib.train, "run_epoch", lambda s, e: trained.append(e) or real(s, e))
-    judged = []  # the epochs the pruner sees: the killed trial's verdicts on epochs 1-2 stand
+    judged = []  # the epochs the pruner sees: the killed trial's verdict on epoch 1 stands; the last one is not judged
     monkeypatch.setattr(tune, "create_pruner", lambda *a: SimpleNamespace(prune=lambda study, t: judged.append(
         t.last_step)))
     moved = shutil.copy(synthetic_h5, tmp_path / "moved.h5")
     study = tune.run_study(str(moved), str(tmp_path / "cut"), **run)
-    assert "trial 1 goes on after epoch 2 of trial 0" in capsys.readouterr().out
+    assert "trial 1 goes on after epoch 1 of trial 0" in capsys.readouterr().out
     killed, retry = study.trials
     assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
-    assert trained == [3] and judged == [3]
+    assert trained == [2, 3] and judged == [2]
     assert retry.user_attrs["reference"] == whole.user_attrs["reference"] and retry.user_attrs["retry_of"] == 0
     assert retry.params == whole.params and retry.user_attrs["pruner"] == "none"
     assert retry.intermediate_values == whole.intermediate_values and retry.value == whole.value
