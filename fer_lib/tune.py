@@ -59,6 +59,7 @@ class TuneConfig:
     timeout: float | None = 2400      # seconds after which a worker starts no new trial (None: no limit)
     epochs_per_trial: int = 9         # a trial's budget: its schedule spans these epochs (the proxy of the final run)
     min_epochs: int = 3               # halving, hyperband: the epochs every trial gets before it may be stopped
+    reduction_factor: int = 3         # halving, hyperband: 1/this of the trials go on at each rung (min_epochs x this^k)
     train_fraction: float = 1.0       # stratified share of Training each trial trains on
     pruner: str = "halving"           # halving | hyperband | median | none (create_pruner)
     workers: int = 1                  # processes on this machine sharing the study, one thread each
@@ -231,6 +232,7 @@ class HalvingPruner(optuna.pruners.BasePruner):
     """Successive halving, one bracket: at epochs min_epochs, reduction_factor times that, ... below
     max_epochs, a trial goes on only if it is among the best 1/reduction_factor of the trials (finished
     or running, itself too) that reported that epoch; until `reduction_factor` others have, it goes on.
+    (Optuna's pruners call the factor 3 "halving" too.)
 
     Why not Optuna's own: with HyperbandPruner, TPE learns only from the trials of the same bracket
     (optuna.pruners._filter_study), so two brackets mean two searches of half the trials each, one of them
@@ -267,13 +269,15 @@ class HalvingPruner(optuna.pruners.BasePruner):
 PRUNERS = ("halving", "hyperband", "median", "none")
 
 
-def create_pruner(name: str, min_epochs: int = 1, max_epochs: int | str = "auto") -> optuna.pruners.BasePruner:
-    if name == "halving":  # best third at min_epochs, 3x that, ... below the trial's budget
-        return HalvingPruner(min_epochs, None if max_epochs == "auto" else max_epochs)
+def create_pruner(name: str, min_epochs: int = 1, max_epochs: int | str = "auto",
+                  reduction_factor: int = 3) -> optuna.pruners.BasePruner:
+    if name == "halving":  # the best 1/factor at min_epochs, factor x that, ... below the trial's budget
+        return HalvingPruner(min_epochs, None if max_epochs == "auto" else max_epochs, reduction_factor)
     if name == "median":  # below the median of earlier trials at the same epoch; epoch 1 is too noisy
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":  # brackets of successive halving; TPE then learns within a bracket only
-        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs,
+                                              reduction_factor=reduction_factor)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ValueError(f"unknown pruner {name!r}; choose {', '.join(PRUNERS)}")
@@ -290,7 +294,7 @@ def log_trials_to_stdout() -> None:
 
 
 def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = "median", min_epochs: int = 1,
-                 max_epochs: int | str = "auto", worker: int = 0) -> optuna.Study:
+                 max_epochs: int | str = "auto", worker: int = 0, reduction_factor: int = 3) -> optuna.Study:
     """Create or resume (load_if_exists) a maximizing study with a seeded TPE sampler.
 
     The sampler's seed is drawn from (seed, worker, trials in the study so far): parallel workers
@@ -300,7 +304,8 @@ def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = 
         log_trials_to_stdout()
     study = optuna.create_study(storage=open_storage(storage) if isinstance(storage, str) else storage,
                                 study_name=study_name, direction="maximize",
-                                pruner=create_pruner(pruner, min_epochs, max_epochs), load_if_exists=True)
+                                pruner=create_pruner(pruner, min_epochs, max_epochs, reduction_factor),
+                                load_if_exists=True)
     start = np.random.SeedSequence([seed, worker, len(study.get_trials(deepcopy=False))])
     # constant_liar: parallel workers don't all sample next to the same running trial.
     study.sampler = optuna.samplers.TPESampler(seed=int(start.generate_state(1)[0]), multivariate=True,
@@ -400,7 +405,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
               timeout: float | None = None, epochs: int = 4, train_fraction: float = 0.25, seed: int = 0,
               pruner: str = "median", worker: int = 0, threads: int | None = None,
               base: TrainConfig | None = None, min_epochs: int = 1, workers: int = 1,
-              final_epochs: int | None = None) -> optuna.Study:
+              final_epochs: int | None = None, reduction_factor: int = 3) -> optuna.Study:
     """Run trials until the study has n_trials finished ones (all workers together) or `timeout`
     seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
 
@@ -421,7 +426,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
         raise UserError(f"unknown pruner {pruner!r}; choose {', '.join(PRUNERS)}")
     out.mkdir(parents=True, exist_ok=True)
     study = create_study(storage or str(out / "optuna.journal"), study_name, seed, pruner, min(min_epochs, epochs),
-                         epochs, worker)
+                         epochs, worker, reduction_factor)
     fixed = {k: v for k, v in dataclasses.asdict(recipe).items()
              if k not in ("data", "out", "epochs", "train_fraction", "seed")}
     search = {"data_sha256": read_info(data)["source_sha256"], "epochs_per_trial": epochs,
@@ -441,14 +446,18 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     if worker == 0:
         enqueue_references(study, points)
     helpers = _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction,
-                             seed, pruner, min_epochs) if worker == 0 and workers > 1 else []
+                             seed, pruner, min_epochs, reduction_factor) if worker == 0 and workers > 1 else []
     threads_before = torch.get_num_threads()
     if threads or helpers:
         torch.set_num_threads(1 if helpers else threads)  # several workers on one machine: share the cores
 
+    judge = pruner if pruner in ("median", "none") else \
+        f"{pruner} (min_epochs {min(min_epochs, epochs)}, reduction_factor {reduction_factor})"
+
     def budgeted_objective(trial):
         claim_slot(trial, n_trials)
-        trial.set_user_attr("pruner", pruner)  # a study may change pruners when resumed: which judged this trial
+        # a study may change pruners when resumed: which one judged this trial
+        trial.set_user_attr("pruner", judge)
         return objective(trial, trial_base)
 
     try:
@@ -470,7 +479,7 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
 
 
 def _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction, seed,
-                   pruner, min_epochs) -> list:
+                   pruner, min_epochs, reduction_factor) -> list:
     """`fer tune --worker i --threads 1` for i in 1..workers-1, on this study; [(process, log file)]."""
     recipe_file = out / "search_recipe.json"
     write_atomic(recipe_file, json.dumps({k: v for k, v in dataclasses.asdict(recipe).items()
@@ -481,8 +490,9 @@ def _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout,
     for w in range(1, workers):
         cmd = [sys.executable, "-m", "fer_lib.cli", "tune", "--data", recipe.data, "--out", str(out),
                "--config", str(recipe_file), "--study", study_name, "--n-trials", str(n_trials),
-               "--epochs", str(epochs), "--min-epochs", str(min_epochs), "--train-fraction", str(train_fraction),
-               "--pruner", pruner, "--seed", str(seed), "--worker", str(w), "--threads", "1", "--workers", "1",
+               "--epochs", str(epochs), "--train-fraction", str(train_fraction), "--pruner", pruner,
+               "--min-epochs", str(min_epochs), "--reduction-factor", str(reduction_factor),
+               "--seed", str(seed), "--worker", str(w), "--threads", "1", "--workers", "1",
                "--final-top", "0", "--timeout", str(1e12 if timeout is None else timeout)]  # None: no limit
         log = out / f"worker_{w}.log"
         with open(log, "w") as fh:
@@ -610,6 +620,22 @@ def summarize_study(study: optuna.Study) -> dict:
     return summary
 
 
+def rung_agreement(study: optuna.Study) -> pd.DataFrame:
+    """How well each epoch ranks recipes: over the trials that trained the whole trial budget, the rank
+    correlation (Spearman) of their PublicTest accuracy at that epoch with their best. A rung at an epoch
+    where it is low prunes recipes that would have won (the choice of min_epochs and reduction_factor)."""
+    budget = study.user_attrs["epochs_per_trial"]
+    full = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if budget in t.intermediate_values]
+    best = [max(t.intermediate_values.values()) for t in full]
+    rows = []
+    for epoch in range(1, budget + 1):
+        at = [t.intermediate_values.get(epoch, np.nan) for t in full]
+        ranked = len(full) > 2 and min(len(set(at)), len(set(best))) > 1  # else undefined
+        rows.append({"epoch": epoch, "trials": len(full),
+                     "spearman_with_best": float(spearmanr(at, best).statistic) if ranked else np.nan})
+    return pd.DataFrame(rows).set_index("epoch")
+
+
 def original_best_params() -> dict:
     """What the original study's repo trained with by default: Adam, lr 1e-3, batch 64, StepLR, on
     its baseline CNN (dropout 0.5). Not a tuning result: its tuned values were picked on the test
@@ -668,7 +694,7 @@ def run(args) -> int:
     study = run_study(args.data, args.out, args.storage, cfg.study_name, cfg.n_trials, cfg.timeout,
                       cfg.epochs_per_trial, cfg.train_fraction, cfg.seed, cfg.pruner,
                       args.worker, args.threads, resolve_config(args.config), cfg.min_epochs, cfg.workers,
-                      cfg.final_epochs)
+                      cfg.final_epochs, cfg.reduction_factor)
     summary = summarize_study(study)
     print(f"study {summary['study']!r}: {summary['n_trials']} finished trials ({summary['n_pruned']} pruned)")
     if "best_value" not in summary:

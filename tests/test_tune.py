@@ -398,6 +398,27 @@ def test_halving_keeps_the_best_third_at_its_rung(tmp_path):
     assert tune.create_pruner("halving", 1, 9).rungs(9) == [1, 3] and tune.HalvingPruner(2).rungs(20) == [2, 6, 18]
 
 
+def test_halving_by_half(tmp_path, monkeypatch):
+    """reduction_factor 2 (the full profile's): the best half at epoch 3, then at 6, from the profile to every worker."""
+    study = tune.create_study(str(tmp_path / "sh.journal"), "scripted", pruner="halving", min_epochs=3, max_epochs=9,
+                              reduction_factor=2)
+    fades = [0.7] * 3 + [0.1] * 6  # in the best half at epoch 3, the worst at 6
+    study.optimize(_constant([0.5, 0.6, 0.55, 0.3, fades, 0.56]), n_trials=6)
+    # 2: 1 of 3 better, keep 2; 3: 3 of 4 better; 4: the best at 3, 3 of 4 better at 6; 5: 2 of 6 better at 3
+    # (keep 3), 1 of 5 at 6 (keep 3)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 2 + \
+        [TrialState.COMPLETE]
+    assert [t.last_step for t in study.trials[3:5]] == [3, 6]
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    tune._start_workers(2, TrainConfig(data="x.h5"), tmp_path, "", "fer", 4, None, 9, 1.0, 0, "halving", 3, 2)
+    profile = tune.dataclass_from_arguments(SimpleNamespace(), tune.TuneConfig, tune.read_config(
+        Path(__file__).resolve().parents[1] / "configs" / "profiles" / "full.yaml")["tune"])
+    assert " --pruner halving --min-epochs 3 --reduction-factor 2 " in " ".join(started[0]) + " "
+    assert (profile.pruner, profile.min_epochs, profile.reduction_factor) == ("halving", 3, 2)
+
+
 def test_halving_counts_a_retried_trial_once(tmp_path):
     """A failed trial's epochs are not a rival's: its retry carries them (Optuna's SuccessiveHalvingPruner
     counted both, and a study that ran Hyperband before is judged on the epochs alone)."""
@@ -412,6 +433,19 @@ def test_halving_counts_a_retried_trial_once(tmp_path):
     # among trials 3-6 (0.8, 0.5, 0.4, 0.45) and each other, 0.5 and 0.6 are in the best third; with the
     # failed copies (0.8 three times more) neither would be
     assert [t.state for t in study.trials[7:]] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+
+
+def test_rung_agreement_says_which_epoch_ranks_like_the_end(tmp_path):
+    study = tune.create_study(str(tmp_path / "r.journal"), "scripted", pruner="none")
+    study.set_user_attr("epochs_per_trial", 3)
+    curves = [[0.5, 0.6, 0.7], [0.6, 0.55, 0.6], [0.4, 0.5, 0.65], [0.7, 0.4]]  # the last: pruned at 2
+    for curve in curves:
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if len(curve) == 3 else TrialState.PRUNED, value=max(curve),
+            intermediate_values=dict(enumerate(curve, 1))))
+    table = tune.rung_agreement(study)
+    assert list(table.index) == [1, 2, 3] and set(table["trials"]) == {3}
+    assert table["spearman_with_best"].tolist() == pytest.approx([-0.5, 0.5, 1.0])  # best: 0.7, 0.6, 0.65
 
 
 def test_resumed_study_must_keep_its_budget(synthetic_h5, tmp_path):
