@@ -232,7 +232,6 @@ class HalvingPruner(optuna.pruners.BasePruner):
     """Successive halving, one bracket: at epochs min_epochs, reduction_factor times that, ... below
     max_epochs, a trial goes on only if it is among the best 1/reduction_factor of the trials (finished
     or running, itself too) that reported that epoch; until `reduction_factor` others have, it goes on.
-    (Optuna's pruners call the factor 3 "halving" too.)
 
     Why not Optuna's own: with HyperbandPruner, TPE learns only from the trials of the same bracket
     (optuna.pruners._filter_study), so two brackets mean two searches of half the trials each, one of them
@@ -241,6 +240,9 @@ class HalvingPruner(optuna.pruners.BasePruner):
     reported accuracies only: a study may switch to it, and a retry replaces the failed trial."""
 
     def __init__(self, min_epochs: int, max_epochs: int | None = None, reduction_factor: int = 3):
+        if min_epochs < 1 or reduction_factor < 2:
+            raise ValueError(f"halving needs min_epochs >= 1 and reduction_factor >= 2, not {min_epochs} and "
+                             f"{reduction_factor}")
         self.min_epochs, self.max_epochs, self.reduction_factor = min_epochs, max_epochs, reduction_factor
 
     def rungs(self, max_epochs: int) -> list[int]:
@@ -422,8 +424,10 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
         recipe = dataclasses.replace(recipe, epochs=final_epochs)
     trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
     points = reference_points(recipe)  # before anything is written: a recipe outside the space leaves nothing behind
-    if pruner not in PRUNERS:
-        raise UserError(f"unknown pruner {pruner!r}; choose {', '.join(PRUNERS)}")
+    try:
+        create_pruner(pruner, min(min_epochs, epochs), epochs, reduction_factor)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     study = create_study(storage or str(out / "optuna.journal"), study_name, seed, pruner, min(min_epochs, epochs),
                          epochs, worker, reduction_factor)

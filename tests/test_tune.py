@@ -366,9 +366,12 @@ def test_hyperband_pruner_prunes(tmp_path):
         tune.create_pruner("asha")
 
 
-def test_an_unknown_pruner_writes_nothing(synthetic_h5, tmp_path):
+def test_a_bad_pruner_writes_nothing(synthetic_h5, tmp_path):
     with pytest.raises(UserError, match="unknown pruner 'asha'; choose halving, hyperband"):
         tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), n_trials=0, pruner="asha")
+    with pytest.raises(UserError, match="reduction_factor >= 2, not 3 and 1"):
+        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), n_trials=0, pruner="halving", min_epochs=3,
+                       reduction_factor=1)
     assert not (tmp_path / "tune").exists()
 
 
