@@ -572,9 +572,7 @@ def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: 
         rows.append({"role": role, "trial": t.number, "proxy_val_acc": t.value,
                      "final_val_acc": result["best"]["val_acc"], "final_epoch": result["best"]["epoch"],
                      "run": cfg.out, "train_config": _recipe_fields(cfg)})
-    proxy, final = [r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows]
-    ranked = len(rows) > 2 and min(len(set(proxy)), len(set(final))) > 1  # else the correlation is undefined
-    rho = float(spearmanr(proxy, final).statistic) if ranked else None
+    rho = rank_correlation([r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows])
     searched = [r for r in rows if r["role"].startswith("search")]
     result = {"finalists": rows, "spearman_proxy_final": rho, "final_budget": study.user_attrs["final"],
               "chosen": max(rows, key=lambda r: r["final_val_acc"])["trial"] if rows else None,
@@ -624,6 +622,12 @@ def summarize_study(study: optuna.Study) -> dict:
     return summary
 
 
+def rank_correlation(a: list, b: list) -> float | None:
+    """Spearman's rho of a and b; None where it is undefined (under 3 pairs, or either side constant)."""
+    ranked = len(a) > 2 and min(len(set(a)), len(set(b))) > 1
+    return float(spearmanr(a, b).statistic) if ranked else None
+
+
 def rung_agreement(study: optuna.Study) -> pd.DataFrame:
     """How well each epoch ranks recipes: over the trials that trained the whole trial budget, the rank
     correlation (Spearman) of their PublicTest accuracy at that epoch with their best. A rung at an epoch
@@ -633,10 +637,8 @@ def rung_agreement(study: optuna.Study) -> pd.DataFrame:
     best = [max(t.intermediate_values.values()) for t in full]
     rows = []
     for epoch in range(1, budget + 1):
-        at = [t.intermediate_values.get(epoch, np.nan) for t in full]
-        ranked = len(full) > 2 and min(len(set(at)), len(set(best))) > 1  # else undefined
-        rows.append({"epoch": epoch, "trials": len(full),
-                     "spearman_with_best": float(spearmanr(at, best).statistic) if ranked else np.nan})
+        rho = rank_correlation([t.intermediate_values.get(epoch, np.nan) for t in full], best)
+        rows.append({"epoch": epoch, "trials": len(full), "spearman_with_best": np.nan if rho is None else rho})
     return pd.DataFrame(rows).set_index("epoch")
 
 
