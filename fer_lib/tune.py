@@ -41,6 +41,7 @@ from scipy.stats import spearmanr
 
 from . import train
 from .data import read_info
+from .environment import describe_environment, describe_machine
 from .errors import UserError
 from .flags import add_dataclass_arguments, dataclass_from_arguments
 from .io import mask_url, pid_alive, read_config, write_atomic
@@ -163,14 +164,15 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     return best["val_acc"]
 
 
-def judged_epochs(trial) -> int:
+def judged_epochs(trial, study: optuna.Study | None = None) -> int:
     """The epochs that the failed trials this one retries reported, each judged by the pruner then: a
-    kill does not change a verdict (a retry may meet more rivals, or another pruner, at a rung it passed)."""
+    kill does not change a verdict (a retry may meet more rivals, or another pruner, at a rung it passed).
+    A FrozenTrial needs its study."""
     first = trial.user_attrs.get("retry_of")
     if first is None:
         return 0
-    return max((max(t.intermediate_values, default=0) for t in trial.study.get_trials(deepcopy=False,
-                                                                                      states=(TrialState.FAIL,))
+    return max((max(t.intermediate_values, default=0) for t in (study or trial.study).get_trials(
+                    deepcopy=False, states=(TrialState.FAIL,))
                 if first in (t.number, t.user_attrs.get("retry_of"))), default=0)
 
 
@@ -642,6 +644,90 @@ def rung_agreement(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("epoch")
 
 
+def expected_epochs(pruner: str, epochs: int, min_epochs: int, reduction_factor: int, after: int = 0) -> float:
+    """The epochs a trial that has trained `after` still trains, on average: with halving, each rung passes
+    1/reduction_factor of the trials; with any other pruner, the whole budget (at most)."""
+    if pruner != "halving":
+        return float(max(epochs - after, 0))
+    rungs = HalvingPruner(min_epochs, epochs, reduction_factor).rungs(epochs)
+    total, share, lo = 0.0, 1.0, 0
+    for end in [*rungs, epochs]:  # epochs lo+1..end: trained by the share that passed the rungs after `after`
+        if end > after:
+            total += share * (end - max(lo, after))
+            share /= reduction_factor if end in rungs else 1
+        lo = end
+    return total
+
+
+def trial_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, role, the trial it retries, epochs reported, best and last PublicTest
+    accuracy, minutes, the pruner that judged it, its parameters and where it ran. A trial left RUNNING by a
+    worker of this host that is gone is STOPPED (the next `fer tune` fails it and queues it again)."""
+    host, rows = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False):
+        a, iv = t.user_attrs, t.intermediate_values
+        stopped = t.state == TrialState.RUNNING and a.get("host") == host and a.get("pid") and not _worker_alive(a)
+        rows.append({"trial": t.number, "state": "STOPPED" if stopped else t.state.name,
+                     "role": a.get("reference", ""), "retry of": a.get("retry_of", ""), "epochs": max(iv, default=0),
+                     "best": max(iv.values(), default=np.nan), "last": iv[max(iv)] if iv else np.nan,
+                     "minutes": round(t.duration.total_seconds() / 60) if t.duration else np.nan,
+                     "pruner": a.get("pruner", ""), **t.params, "ran on": describe_machine(a.get("machine"))})
+    return pd.DataFrame(rows).set_index("trial")
+
+
+def study_progress(study: optuna.Study, cfg: TuneConfig, out) -> dict:
+    """How far a study is and what is left, as plain data (`fer tune --status`): trials finished, running
+    and to come; the epochs left, expected under cfg's pruner, of the search and of the finalists in
+    OUT/final; and the seconds an epoch took on this CPU (the median over its finished trials)."""
+    budget, final_epochs = study.user_attrs["epochs_per_trial"], study.user_attrs["final"]["epochs"]
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+
+    def left(after=0, reference=False):
+        return expected_epochs("none" if reference else cfg.pruner, budget, cfg.min_epochs, cfg.reduction_factor,
+                               after)
+    search = sum(left(t.last_step or 0, "reference" in t.user_attrs) for t in running) + \
+        max(cfg.n_trials - len(finished) - len(running), 0) * left()
+    done = {p.parent.name: len(json.loads(p.read_text())) for p in Path(out).glob("final/trial_*/history.json")}
+    finalists = (len(set(t.number for t in references(study, states=None).values())) + cfg.final_top) * final_epochs
+    cpu = describe_environment()["cpu"]
+    trained = {t.number: (t.last_step or 0) - judged_epochs(t, study) for t in finished}  # a retry: its own epochs
+    rates = [t.duration.total_seconds() / trained[t.number] for t in finished
+             if t.user_attrs.get("machine", {}).get("cpu") == cpu and t.duration and trained[t.number] > 0]
+    return {"n_trials": cfg.n_trials, "finished": len(finished), "running": len(running),
+            "failed": sum(t.state == TrialState.FAIL for t in trials), "search_epochs_left": search,
+            "final_epochs_left": max(finalists - sum(done.values()), 0), "final_epochs_done": done,
+            "cpu": cpu, "seconds_per_epoch": float(np.median(rates)) if rates else None, "rate_trials": len(rates),
+            "workers": cfg.workers}
+
+
+def print_status(study: optuna.Study, cfg: TuneConfig, out) -> None:
+    """The trial table and what is left, for a study that may be running now (reads only)."""
+    table = trial_table(study)
+    shown = [c for c in ("state", "role", "retry of", "epochs", "best", "minutes", "model", "width_mult",
+                         "batch_size", "optimizer", "lr", "scheduler") if c in table]
+    with pd.option_context("display.width", 200, "display.max_rows", None, "display.float_format", "{:.4g}".format):
+        print(table[shown].to_string() if len(table) else "no trials yet")
+    p = study_progress(study, cfg, out)
+    print(f"{p['finished']} of {p['n_trials']} trials finished, {p['running']} running, {p['failed']} failed "
+          f"(a killed trial is failed and goes on in a retry)")
+    summary = summarize_study(study)
+    if "best_value" in summary:
+        print(f"best so far: trial {summary['best_trial']}, PublicTest {summary['best_value']:.4f} within "
+              f"{study.user_attrs['epochs_per_trial']} epochs" + "".join(
+                  f"; {ref} (trial {summary[f'{ref}_trial']['number']}) {summary[f'{ref}_trial']['value']:.4f}"
+                  for ref in REFERENCES if summary.get(f"{ref}_trial", {}).get("value") is not None))
+    left = f"about {p['search_epochs_left']:.0f} epochs of search ({cfg.pruner}), then " \
+        f"{p['final_epochs_left']} of the finalists"
+    if p["seconds_per_epoch"] is None:
+        print(f"left: {left}; no trial finished on this CPU ({p['cpu']}) yet to time an epoch")
+    else:
+        hours = (p["search_epochs_left"] + p["final_epochs_left"]) * p["seconds_per_epoch"] / max(p["workers"], 1) / 3600
+        print(f"left: {left}: about {hours:.1f} h at {p['seconds_per_epoch']:.0f} s an epoch per worker (the median "
+              f"of {p['rate_trials']} finished trials on this CPU) with {p['workers']} worker(s)")
+
+
 def original_best_params() -> dict:
     """What the original study's repo trained with by default: Adam, lr 1e-3, batch 64, StepLR, on
     its baseline CNN (dropout 0.5). Not a tuning result: its tuned values were picked on the test
@@ -673,6 +759,20 @@ def add_arguments(p) -> None:
     p.add_argument("--export-trial", type=int, metavar="N", help="write trial N's whole training config, from the "
                    "storage, to OUT/trial_N.json (at the trial's budget; --final-budget: at the final one) and stop")
     p.add_argument("--final-budget", action="store_true", help="with --export-trial: at the final budget")
+    p.add_argument("--status", action="store_true", help="print the study's trials and what is left (epochs, and "
+                   "hours at this CPU's measured speed), even while it runs; writes nothing. Give the run's --config")
+
+
+def load_existing(storage: str, out, study_name: str) -> optuna.Study:
+    """A study that `fer tune` made (--storage, $FER_OPTUNA_STORAGE or OUT/optuna.journal), without creating
+    one; UserError when there is none."""
+    storage = storage or os.environ.get(STORAGE_ENV, "") or str(Path(out) / "optuna.journal")
+    if "://" not in storage and not Path(storage).is_file():
+        raise UserError(f"{storage}: no study here (run fer tune first)")
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise UserError(f"{describe_storage(storage, out)} holds no study {study_name!r}") from None
 
 
 def export_trial(study: optuna.Study, number: int, out, final: bool = False) -> Path:
@@ -686,14 +786,11 @@ def export_trial(study: optuna.Study, number: int, out, final: bool = False) -> 
 
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, TuneConfig, read_config(args.config).get("tune", {}) if args.config else {})
+    if args.status:
+        print_status(load_existing(args.storage, args.out, cfg.study_name), cfg, args.out)
+        return 0
     if args.export_trial is not None:
-        storage = args.storage or os.environ.get(STORAGE_ENV, "") or str(Path(args.out) / "optuna.journal")
-        if "://" not in storage and not Path(storage).is_file():
-            raise UserError(f"{storage}: no study here to export from (run fer tune first)")
-        try:
-            study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(storage))
-        except KeyError:
-            raise UserError(f"{describe_storage(storage, args.out)} holds no study {cfg.study_name!r}") from None
+        study = load_existing(args.storage, args.out, cfg.study_name)
         path = export_trial(study, args.export_trial, args.out, args.final_budget)
         print(f"wrote {path}; train it: fer train --data {args.data} --config {path}")
         return 0

@@ -604,6 +604,57 @@ def test_any_trial_is_reproducible_from_the_storage(synthetic_h5, tmp_path, caps
     assert main([*args[:-2], "--study", "other", "--export-trial", "0"]) == 2
 
 
+def test_expected_epochs_follow_the_rungs():
+    """A trial's epochs under halving: all train to the first rung, 1/factor of them to the next, ... to the end."""
+    by_halves = dict(pruner="halving", epochs=9, min_epochs=3, reduction_factor=2)
+    assert tune.expected_epochs(**by_halves) == 3 + 3 / 2 + 3 / 4  # rungs 3 and 6 (the README's 5.25)
+    assert tune.expected_epochs(**by_halves, after=3) == 3 + 3 / 2  # running past epoch 3: it passed that rung
+    assert tune.expected_epochs(**by_halves, after=4) == 2 + 3 / 2
+    assert tune.expected_epochs(**by_halves, after=9) == 0
+    assert tune.expected_epochs("halving", 9, 3, 3) == 3 + 6 / 3  # by thirds: one rung, at 3
+    assert tune.expected_epochs("median", 9, 3, 2, after=2) == 7  # no rungs to count on: the whole budget
+
+
+def test_status_shows_a_running_study_and_writes_nothing(synthetic_h5, tmp_path, capsys):
+    """fer tune --status: the trials, a trial whose worker is gone, what is left and its time, nothing written."""
+    from fer_lib.cli import main
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({**TINY, "augment": 0.5, "epochs": 3}))  # not the default: two references
+    out = tmp_path / "tune"
+    args = ["tune", "--data", str(synthetic_h5), "--out", str(out), "--config", str(base), "--epochs", "2",
+            "--train-fraction", "0.3", "--n-trials", "3", "--pruner", "none", "--final-top", "1"]
+    assert main([*args[:-2], "--final-top", "0"]) == 0  # the two references and a search trial
+    study = load(str(out / "optuna.journal"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stopped = study.ask()  # a worker died in its first epoch
+    stopped.set_user_attr("host", socket.gethostname())
+    stopped.set_user_attr("pid", gone.pid)
+    stopped.report(0.5, 1)
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    capsys.readouterr()
+    assert main([*args[:-6], "--n-trials", "5", "--pruner", "none", "--final-top", "1", "--status"]) == 0
+    printed = capsys.readouterr().out
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    table = tune.trial_table(study)
+    assert table["state"].tolist() == ["COMPLETE"] * 3 + ["STOPPED"]
+    assert table["role"].tolist()[:2] == ["default", "recipe"] and table["epochs"].tolist() == [2, 2, 2, 1]
+    assert table.loc[2, "best"] == max(study.trials[2].intermediate_values.values())
+    progress = tune.study_progress(study, tune.TuneConfig(n_trials=5, pruner="none", final_top=1), out)
+    # the stopped trial's 1 epoch and one new trial's 2; three finalists (2 references, 1 searched) of 3 epochs
+    assert (progress["finished"], progress["running"], progress["search_epochs_left"]) == (3, 1, 1 + 2)
+    assert progress["final_epochs_left"] == 3 * 3 and progress["rate_trials"] == 3
+    assert "3 of 5 trials finished, 1 running" in printed and "STOPPED" in printed
+    assert "about 3 epochs of search (none), then 9 of the finalists: about" in printed
+    assert "median of 3 finished trials on this CPU" in printed
+
+    assert main([*args[:-2], "--final-top", "1"]) == 0  # the search to its 3 trials, then its 3 finalists
+    done = tune.study_progress(study, tune.TuneConfig(n_trials=3, pruner="none", final_top=1), out)
+    assert done["final_epochs_left"] == 0 and sum(done["final_epochs_done"].values()) == 9
+    assert main(["tune", "--out", str(tmp_path / "none"), "--status"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_two_workers_from_one_call(synthetic_h5, tmp_path):
     """workers=2 (notebook 03): a second process on the same study, one thread each, one shared budget."""
     threads = torch.get_num_threads()
