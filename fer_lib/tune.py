@@ -213,6 +213,7 @@ def open_storage(storage: str):
     """A URL (sqlite:///x.db, postgresql://...) opens an RDB storage; anything else is a journal file."""
     if "://" in storage:
         import sqlalchemy
+        given = storage
         if storage.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
             # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; our [postgres] extra installs psycopg2.
             storage = "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
@@ -222,9 +223,10 @@ def open_storage(storage: str):
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S,
                                                       heartbeat_stale_trial_callback=retry_trial)
-            except sqlalchemy.exc.DBAPIError:  # workers starting together race to create the tables
-                if attempt == 3:
-                    raise
+            except sqlalchemy.exc.DBAPIError as e:  # workers starting together race to create the tables
+                if attempt == 3:  # a database that is not there, or refuses us: the user's to fix
+                    reason = mask_url(str(getattr(e, "orig", e))).strip().splitlines()[0]
+                    raise UserError(f"{mask_url(given)}: cannot open this Optuna storage ({reason})") from None
                 time.sleep(1 + attempt)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(storage))  # file locks: many processes, one machine

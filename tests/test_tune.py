@@ -1,6 +1,7 @@
 """fer_lib.tune: the space, a budget shared by workers, resume after a kill, pruning, no test leakage."""
 import dataclasses
 import datetime
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -675,6 +676,25 @@ def test_readers_cope_with_a_study_without_its_default(tmp_path):
 
 
 @pytest.mark.postgres
+def test_a_storage_that_cannot_be_opened_is_one_line(synthetic_h5, tmp_path, capsys, monkeypatch):
+    """A database that is not there (or refuses us) names the storage, password masked, and exits 2."""
+    from fer_lib.cli import main
+    monkeypatch.setattr(tune.time, "sleep", lambda s: None)  # its retries (workers racing to create tables)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # a port nothing listens on once closed
+    bad = [f"postgresql://fer:s3cret@127.0.0.1:{port}/fer", f"sqlite:///{tmp_path}/no/such/folder/x.db"]
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is None:
+        bad = bad[1:]  # without the [postgres] extra the driver is what is missing
+    for url in bad:
+        for extra in (["--status"], ["--data", str(synthetic_h5), "--n-trials", "0"]):
+            capsys.readouterr()
+            assert main(["tune", "--out", str(tmp_path / "run"), "--storage", url, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "cannot open this Optuna storage" in err and "s3cret" not in err
+            assert url.replace(":s3cret@", ":***@") in err
+
+
 def test_a_storage_password_is_never_written_or_printed(synthetic_h5, tmp_path):
     url = os.environ.get("FER_TEST_POSTGRES_URL")
     if not url:
