@@ -407,43 +407,42 @@ def _stop_when_claimed(n_trials: int):
 
 # ----------------------------------------------------------------------------- running and results
 
-def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n_trials: int = 30,
-              timeout: float | None = None, epochs: int = 4, train_fraction: float = 0.25, seed: int = 0,
-              pruner: str = "median", worker: int = 0, threads: int | None = None,
-              base: TrainConfig | None = None, min_epochs: int = 1, workers: int = 1,
-              final_epochs: int | None = None, reduction_factor: int = 3) -> optuna.Study:
-    """Run trials until the study has n_trials finished ones (all workers together) or `timeout`
+def run_study(data: str, out: str, budget: TuneConfig | None = None, base: TrainConfig | None = None,
+              storage: str = "", worker: int = 0, threads: int | None = None) -> optuna.Study:
+    """Run trials until the study has budget.n_trials finished ones (all workers together) or budget.timeout
     seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
 
-    base is the recipe searched around, at its final budget (its own epochs, or final_epochs, and its
-    train_fraction); trials train `epochs` on `train_fraction` of Training. workers > 1 starts
-    workers - 1 more processes on the same study beside this one, each with one thread
-    (benchmarks/tune_workers.py: faster than one process with every thread)."""
+    base is the recipe searched around, at its final budget (its own epochs, or budget.final_epochs, and its
+    train_fraction); trials train budget.epochs_per_trial epochs on budget.train_fraction of Training.
+    budget.workers > 1 starts workers - 1 more processes on the same study beside this one, each with one
+    thread (benchmarks/tune_workers.py: faster than one process with every thread)."""
+    b = budget or TuneConfig()
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
     storage = storage or os.environ.get(STORAGE_ENV, "")  # keeps a password off the command line
     out = Path(out)
-    recipe = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), seed=seed, progress=False)
-    if final_epochs:
-        recipe = dataclasses.replace(recipe, epochs=final_epochs)
-    trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=train_fraction)
+    recipe = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), seed=b.seed, progress=False)
+    if b.final_epochs:
+        recipe = dataclasses.replace(recipe, epochs=b.final_epochs)
+    epochs, min_epochs = b.epochs_per_trial, min(b.min_epochs, b.epochs_per_trial)
+    trial_base = dataclasses.replace(recipe, epochs=epochs, train_fraction=b.train_fraction)
     points = reference_points(recipe)  # before anything is written: a recipe outside the space leaves nothing behind
     try:
-        create_pruner(pruner, min(min_epochs, epochs), epochs, reduction_factor)
+        create_pruner(b.pruner, min_epochs, epochs, b.reduction_factor)
     except ValueError as e:
         raise UserError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
-    study = create_study(storage or str(out / "optuna.journal"), study_name, seed, pruner, min(min_epochs, epochs),
-                         epochs, worker, reduction_factor)
+    study = create_study(storage or str(out / "optuna.journal"), b.study_name, b.seed, b.pruner, min_epochs,
+                         epochs, worker, b.reduction_factor)
     fixed = {k: v for k, v in dataclasses.asdict(recipe).items()
              if k not in ("data", "out", "epochs", "train_fraction", "seed")}
     search = {"data_sha256": read_info(data)["source_sha256"], "epochs_per_trial": epochs,
-              "train_fraction": train_fraction, "seed": seed, "base_config": fixed,
+              "train_fraction": b.train_fraction, "seed": b.seed, "base_config": fixed,
               "final": {"epochs": recipe.epochs, "train_fraction": recipe.train_fraction}}
     for key, value in search.items():  # a resumed study must keep its trials comparable
         old = study.user_attrs.get(key, value)
         if old != value:
-            raise ValueError(f"study {study_name!r} was run with {key}={old!r}, not {value!r}; "
+            raise ValueError(f"study {b.study_name!r} was run with {key}={old!r}, not {value!r}; "
                              "use another --study or --out")
         study.set_user_attr(key, value)
 
@@ -453,25 +452,24 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
               "each to go on after its last finished epoch")
     if worker == 0:
         enqueue_references(study, points)
-    helpers = _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction,
-                             seed, pruner, min_epochs, reduction_factor) if worker == 0 and workers > 1 else []
+    helpers = _start_workers(b, recipe, out, storage) if worker == 0 and b.workers > 1 else []
     threads_before = torch.get_num_threads()
     if threads or helpers:
         torch.set_num_threads(1 if helpers else threads)  # several workers on one machine: share the cores
 
-    judge = pruner if pruner in ("median", "none") else \
-        f"{pruner} (min_epochs {min(min_epochs, epochs)}, reduction_factor {reduction_factor})"
+    judge = b.pruner if b.pruner in ("median", "none") else \
+        f"{b.pruner} (min_epochs {min_epochs}, reduction_factor {b.reduction_factor})"
 
     def budgeted_objective(trial):
-        claim_slot(trial, n_trials)
+        claim_slot(trial, b.n_trials)
         # a study may change pruners when resumed: which one judged this trial
         trial.set_user_attr("pruner", judge)
         return objective(trial, trial_base)
 
     try:
-        if count_claimed(study) < n_trials:
-            study.optimize(budgeted_objective, n_trials=n_trials, timeout=timeout, catch=(SurplusTrial,),
-                           callbacks=[_stop_when_claimed(n_trials)])
+        if count_claimed(study) < b.n_trials:
+            study.optimize(budgeted_objective, n_trials=b.n_trials, timeout=b.timeout, catch=(SurplusTrial,),
+                           callbacks=[_stop_when_claimed(b.n_trials)])
         for proc, log in helpers:
             if proc.wait() != 0:
                 raise RuntimeError(f"search worker {proc.args[proc.args.index('--worker') + 1]} failed "
@@ -486,22 +484,19 @@ def run_study(data: str, out: str, storage: str = "", study_name: str = "fer", n
     return study
 
 
-def _start_workers(workers, recipe, out, storage, study_name, n_trials, timeout, epochs, train_fraction, seed,
-                   pruner, min_epochs, reduction_factor) -> list:
-    """`fer tune --worker i --threads 1` for i in 1..workers-1, on this study; [(process, log file)]."""
+def _start_workers(budget: TuneConfig, recipe: TrainConfig, out: Path, storage: str) -> list:
+    """`fer tune --worker i --threads 1` for i in 1..workers-1, on this study; [(process, log file)]. Each
+    reads OUT/search_recipe.json, a profile of this recipe and budget whole: it searches as this worker does."""
     recipe_file = out / "search_recipe.json"
-    write_atomic(recipe_file, json.dumps({k: v for k, v in dataclasses.asdict(recipe).items()
-                                          if k not in ("data", "out")}, indent=2))
+    write_atomic(recipe_file, json.dumps({
+        "train": {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("data", "out")},
+        "tune": {**dataclasses.asdict(budget), "workers": 1, "final_top": 0}}, indent=2))  # the finalists: worker 0
     # the storage URL goes by the environment, so that a password is not on any command line
     env = {**os.environ, STORAGE_ENV: storage or str(out / "optuna.journal"), "FER_PROGRESS": "0"}
     helpers = []
-    for w in range(1, workers):
+    for w in range(1, budget.workers):
         cmd = [sys.executable, "-m", "fer_lib.cli", "tune", "--data", recipe.data, "--out", str(out),
-               "--config", str(recipe_file), "--study", study_name, "--n-trials", str(n_trials),
-               "--epochs", str(epochs), "--train-fraction", str(train_fraction), "--pruner", pruner,
-               "--min-epochs", str(min_epochs), "--reduction-factor", str(reduction_factor),
-               "--seed", str(seed), "--worker", str(w), "--threads", "1", "--workers", "1",
-               "--final-top", "0", "--timeout", str(1e12 if timeout is None else timeout)]  # None: no limit
+               "--config", str(recipe_file), "--worker", str(w), "--threads", "1"]
         log = out / f"worker_{w}.log"
         with open(log, "w") as fh:
             helpers.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
@@ -796,10 +791,7 @@ def run(args) -> int:
         path = export_trial(study, args.export_trial, args.out, args.final_budget)
         print(f"wrote {path}; train it: fer train --data {args.data} --config {path}")
         return 0
-    study = run_study(args.data, args.out, args.storage, cfg.study_name, cfg.n_trials, cfg.timeout,
-                      cfg.epochs_per_trial, cfg.train_fraction, cfg.seed, cfg.pruner,
-                      args.worker, args.threads, resolve_config(args.config), cfg.min_epochs, cfg.workers,
-                      cfg.final_epochs, cfg.reduction_factor)
+    study = run_study(args.data, args.out, cfg, resolve_config(args.config), args.storage, args.worker, args.threads)
     summary = summarize_study(study)
     print(f"study {summary['study']!r}: {summary['n_trials']} finished trials ({summary['n_pruned']} pruned)")
     if "best_value" not in summary:

@@ -43,6 +43,12 @@ def fer_tune(h5, out, *args, epochs=1) -> list[str]:
             "--final-top", "0", *args]  # the finalists: test_finalists_are_retrained_at_the_recipes_budget
 
 
+def search(**fields) -> tune.TuneConfig:
+    """A small budget: 1-epoch trials on 30% of Training, no pruning, no timeout, unless told."""
+    return tune.TuneConfig(**{"epochs_per_trial": 1, "train_fraction": 0.3, "pruner": "none", "timeout": None,
+                              **fields})
+
+
 def load(storage, name="fer") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=tune.open_storage(storage))
 
@@ -244,14 +250,13 @@ def _die_at_epoch(data, out, epoch) -> None:
     """A worker process whose training is killed during `epoch` of trial 0."""
     real = fer_lib.train.run_epoch
     fer_lib.train.run_epoch = lambda s, e: os._exit(9) if e == epoch else real(s, e)
-    tune.run_study(data, out, n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none",
-                   threads=1)
+    tune.run_study(data, out, search(n_trials=1, epochs_per_trial=3), TrainConfig(**TINY), threads=1)
 
 
 def test_a_killed_trial_goes_on_after_its_last_epoch(synthetic_h5, tmp_path, monkeypatch, capsys):
     """A worker killed in epoch 2 of 3: the rerun (with the data moved meanwhile) fails its trial, queues
     it again, and the retry trains epochs 2 and 3 only, ending where the trial would have ended unkilled."""
-    run = dict(n_trials=1, epochs=3, train_fraction=0.3, base=TrainConfig(**TINY), pruner="none", threads=1)
+    run = dict(budget=search(n_trials=1, epochs_per_trial=3), base=TrainConfig(**TINY), threads=1)
     whole = tune.run_study(str(synthetic_h5), str(tmp_path / "whole"), **run).trials[0]
 
     worker = multiprocessing.get_context("fork").Process(target=_die_at_epoch,
@@ -321,8 +326,8 @@ def test_study_never_reads_the_test_split(synthetic_h5, tmp_path, monkeypatch):
                         lambda path, split, **kw: splits_read.append(split) or load_split(path, split, **kw))
 
     def trials(h5, out):
-        study = tune.run_study(str(h5), str(tmp_path / out), n_trials=4, epochs=2, train_fraction=0.3, seed=0,
-                               base=TrainConfig(**TINY, epochs=2, train_fraction=0.3))
+        study = tune.run_study(str(h5), str(tmp_path / out), search(n_trials=4, epochs_per_trial=2, pruner="median"),
+                               TrainConfig(**TINY, epochs=2, train_fraction=0.3))
         final = tune.retrain_finalists(study, str(h5), tmp_path / out, k=1)
         return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials] + \
             [(r["trial"], r["final_val_acc"], r["final_epoch"]) for r in final["finalists"]]
@@ -369,10 +374,11 @@ def test_hyperband_pruner_prunes(tmp_path):
 
 def test_a_bad_pruner_writes_nothing(synthetic_h5, tmp_path):
     with pytest.raises(UserError, match="unknown pruner 'asha'; choose halving, hyperband"):
-        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), n_trials=0, pruner="asha")
+        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), search(n_trials=0, pruner="asha"))
     with pytest.raises(UserError, match="reduction_factor >= 2, not 3 and 1"):
-        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), n_trials=0, pruner="halving", min_epochs=3,
-                       reduction_factor=1)
+        tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), search(n_trials=0, epochs_per_trial=4,
+                                                                         pruner="halving", min_epochs=3,
+                                                                         reduction_factor=1))
     assert not (tmp_path / "tune").exists()
 
 
@@ -414,13 +420,31 @@ def test_halving_by_half(tmp_path, monkeypatch):
         [TrialState.COMPLETE]
     assert [t.last_step for t in study.trials[3:5]] == [3, 6]
 
+    profile = Path(__file__).resolve().parents[1] / "configs" / "profiles" / "full.yaml"
+    budget = tune.dataclass_from_arguments(SimpleNamespace(), tune.TuneConfig, tune.read_config(profile)["tune"])
+    assert (budget.pruner, budget.min_epochs, budget.reduction_factor) == ("halving", 3, 2)
+
+
+def test_every_worker_searches_with_the_whole_budget(tmp_path, monkeypatch):
+    """The second worker reads the first one's budget and recipe whole, as `fer tune` parses its command
+    (a field passed one by one can be forgotten: reduction_factor once was)."""
+    import argparse
+    profile = Path(__file__).resolve().parents[1] / "configs" / "profiles" / "full.yaml"
+    budget = dataclasses.replace(tune.dataclass_from_arguments(SimpleNamespace(), tune.TuneConfig,
+                                                               tune.read_config(profile)["tune"]),
+                                 n_trials=7, reduction_factor=4, timeout=None, final_epochs=12, study_name="s")
+    recipe = resolve_config(profile, data="x.h5", out=str(tmp_path), seed=3)
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
-    tune._start_workers(2, TrainConfig(data="x.h5"), tmp_path, "", "fer", 4, None, 9, 1.0, 0, "halving", 3, 2)
-    profile = tune.dataclass_from_arguments(SimpleNamespace(), tune.TuneConfig, tune.read_config(
-        Path(__file__).resolve().parents[1] / "configs" / "profiles" / "full.yaml")["tune"])
-    assert " --pruner halving --min-epochs 3 --reduction-factor 2 " in " ".join(started[0]) + " "
-    assert (profile.pruner, profile.min_epochs, profile.reduction_factor) == ("halving", 3, 2)
+    tune._start_workers(budget, recipe, tmp_path, "")
+    assert len(started) == budget.workers - 1 == 1
+    parser = argparse.ArgumentParser()
+    tune.add_arguments(parser)
+    args = parser.parse_args(started[0][started[0].index("tune") + 1:])
+    seen = tune.dataclass_from_arguments(args, tune.TuneConfig, tune.read_config(args.config).get("tune", {}))
+    assert seen == dataclasses.replace(budget, workers=1, final_top=0)  # the finalists are the first worker's
+    assert resolve_config(args.config, data=args.data, out=args.out) == recipe
+    assert (args.worker, args.threads) == (1, 1)
 
 
 def test_halving_counts_a_retried_trial_once(tmp_path):
@@ -453,11 +477,11 @@ def test_rung_agreement_says_which_epoch_ranks_like_the_end(tmp_path):
 
 
 def test_resumed_study_must_keep_its_budget(synthetic_h5, tmp_path):
-    tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=2)
+    tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=0, epochs_per_trial=2))
     with pytest.raises(ValueError, match="epochs_per_trial=2, not 3"):
-        tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=3)
+        tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=0, epochs_per_trial=3))
     with pytest.raises(ValueError, match="study 'fer' was run with base_config="):
-        tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=0, epochs=2, base=TrainConfig(**TINY))
+        tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=0, epochs_per_trial=2), TrainConfig(**TINY))
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         tune.run_study(str(tmp_path / "missing.h5"), str(tmp_path))
 
@@ -481,8 +505,7 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     dropout in model_args, a StepLR in epochs read as its share of the recipe's epochs)."""
     recipe = TrainConfig(model_args={**TINY["model_args"], "stage_drop": 0.0}, augment=0.5, erase=0.0,
                          batch_size=64, scheduler="step", step_size=3, gamma=0.5, epochs=6)
-    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=3, epochs=1, train_fraction=0.3, base=recipe,
-                           pruner="none")
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=3), recipe)
     default, mine = study.trials[:2]
     assert [t.user_attrs["reference"] for t in (default, mine)] == ["default", "recipe"]
     assert default.state == mine.state == TrialState.COMPLETE
@@ -499,16 +522,15 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     # from the storage alone, each trial's whole config: at the trial's budget and at the recipe's
     assert tune.trial_config(study, mine, final=True).model_args == recipe.model_args
     assert tune.trial_config(study, mine).epochs == 1 and tune.trial_config(study, mine, final=True).epochs == 6
-    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=4, epochs=1, train_fraction=0.3,
-                             base=recipe, pruner="none")  # resuming does not enqueue them again
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=4), recipe)  # not enqueued again
     assert [t.user_attrs.get("reference") for t in resumed.trials] == ["default", "recipe", None, None]
-    as_it_stands = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=10, timeout=0, epochs=1,
-                                  train_fraction=0.3, base=recipe, pruner="none")  # --timeout 0: report, no trial
+    as_it_stands = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=10, timeout=0),
+                                  recipe)  # --timeout 0: report, no trial
     assert len(as_it_stands.trials) == 4 and (tmp_path / "best_params.json").exists()
     with pytest.raises(ValueError, match="step_fraction"):  # a base outside the space is refused, not half-run
         tune.suggest_config(optuna.trial.FixedTrial({**UNTUNED, "scheduler": "step"}), recipe)
     with pytest.raises(UserError, match="outside the search space.*'vgg' not in"):
-        tune.run_study(str(synthetic_h5), str(tmp_path / "vgg"), n_trials=1, epochs=1, base=TrainConfig(model="vgg"))
+        tune.run_study(str(synthetic_h5), str(tmp_path / "vgg"), search(n_trials=1), TrainConfig(model="vgg"))
     assert not (tmp_path / "vgg").exists()  # refused before anything is written
 
 
@@ -518,8 +540,7 @@ def test_a_killed_reference_trial_is_run_again(synthetic_h5, tmp_path):
     study.enqueue_trial(UNTUNED, user_attrs={"reference": "default"})
     t = study.ask()
     study.tell(t, state=TrialState.FAIL)
-    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=2, epochs=1, train_fraction=0.3,
-                             base=TrainConfig(**TINY), pruner="none")
+    resumed = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=2), TrainConfig(**TINY))
     defaults = [t for t in resumed.trials if "default" in t.user_attrs.get("reference", "").split("+")]
     assert [t.state for t in defaults] == [TrialState.FAIL, TrialState.COMPLETE]
     best = json.loads((tmp_path / "best_params.json").read_text())
@@ -547,8 +568,7 @@ def test_references_are_never_pruned(synthetic_h5, tmp_path):
 
 def test_finalists_are_retrained_at_the_recipes_budget(synthetic_h5, tmp_path):
     recipe = TrainConfig(**TINY, epochs=2, train_fraction=0.3, batch_size=64)
-    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=5, epochs=1, train_fraction=0.3, base=recipe,
-                           pruner="none")
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=5), recipe)
     final = tune.retrain_finalists(study, str(synthetic_h5), tmp_path, k=2)
     rows = final["finalists"]
     searched = sorted((t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "reference" not in t.user_attrs),
@@ -659,8 +679,7 @@ def test_status_shows_a_running_study_and_writes_nothing(synthetic_h5, tmp_path,
 def test_two_workers_from_one_call(synthetic_h5, tmp_path):
     """workers=2 (notebook 03): a second process on the same study, one thread each, one shared budget."""
     threads = torch.get_num_threads()
-    study = tune.run_study(str(synthetic_h5), str(tmp_path), n_trials=6, epochs=1, train_fraction=0.3,
-                           base=TrainConfig(**TINY), pruner="none", workers=2)
+    study = tune.run_study(str(synthetic_h5), str(tmp_path), search(n_trials=6, workers=2), TrainConfig(**TINY))
     assert len(study.get_trials(states=FINISHED)) == 6 and not study.get_trials(states=(TrialState.RUNNING,))
     assert len({t.user_attrs["pid"] for t in study.get_trials(states=FINISHED)}) <= 2
     assert "finished trials" in (tmp_path / "worker_1.log").read_text()  # it ran to its end, on this study
