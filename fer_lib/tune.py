@@ -345,11 +345,13 @@ def retry_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTr
     first trial of its line (user_attrs retry_of, retries): its epochs so far are in that one's
     trial_run_dir. Also RDBStorage's heartbeat_stale_trial_callback."""
     retries = trial.user_attrs.get("retries", 0) + 1
-    if retries > MAX_RETRIES or not trial.params:  # killed before it drew its point: its slot goes to a new one
+    # a queued trial (a reference, a retry) killed before it drew its point has it in fixed_params
+    params = trial.params or study.get_trials(deepcopy=False)[trial.number].system_attrs.get("fixed_params")
+    if retries > MAX_RETRIES or not params:  # killed before it drew a point of its own: its slot goes to a new one
         return
     keep = {k: v for k, v in trial.user_attrs.items() if k == "reference"}  # not the dead worker's pid or host
-    study.enqueue_trial(trial.params, user_attrs={**keep, "retry_of": trial.user_attrs.get("retry_of", trial.number),
-                                                  "retries": retries})
+    study.enqueue_trial(params, user_attrs={**keep, "retry_of": trial.user_attrs.get("retry_of", trial.number),
+                                            "retries": retries})
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:

@@ -201,6 +201,13 @@ def test_a_dead_workers_trial_is_queued_again_once(tmp_path):
     study.tell(again, state=TrialState.FAIL)
     tune.retry_trial(study, study.trials[again.number])
     assert study.trials[-1].user_attrs["retry_of"] == dead.number and study.trials[-1].user_attrs["retries"] == 2
+    # killed before it drew its (queued) point: the retry chain goes on, with that point
+    early = study.ask()  # the next queued retry; its worker dies before suggest_config
+    for key, value in (("host", socket.gethostname()), ("pid", gone.pid)):
+        early.set_user_attr(key, value)
+    assert early.params == {} and tune.fail_dead_trials(study) == [early.number]
+    assert study.trials[-1].state == TrialState.WAITING and study.trials[-1].system_attrs["fixed_params"] == {"x": 0.5}
+    assert study.trials[-1].user_attrs == {"reference": "default", "retry_of": dead.number, "retries": 3}
     last = SimpleNamespace(number=9, params={"x": 0.5}, user_attrs={"retry_of": 0, "retries": tune.MAX_RETRIES})
     n = len(study.trials)
     tune.retry_trial(study, last)
