@@ -4,6 +4,7 @@
     fer tune --data data/fer2013.h5 --out runs/tune --worker 1 --threads 1   # a 2nd process on the same study
     fer tune --storage postgresql://user:pw@host/db --study fer --worker 3   # on each of many machines
     fer train --data data/fer2013.h5 --config runs/tune/best_params.json     # the chosen recipe, at full budget
+    fer tune --config configs/profiles/full.yaml --out runs/tune --status   # its trials and what is left; writes nothing
 
 Each trial trains with fer_lib.train's engine on Training (a proxy: fewer epochs than the
 final run, its schedule stretched over them), reports PublicTest accuracy every epoch so that
