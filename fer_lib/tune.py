@@ -712,12 +712,11 @@ def print_status(study: optuna.Study, cfg: TuneConfig, out) -> None:
     p = study_progress(study, cfg, out)
     print(f"{p['finished']} of {p['n_trials']} trials finished, {p['running']} running, {p['failed']} failed "
           f"(a killed trial is failed and goes on in a retry)")
-    summary = summarize_study(study)
-    if "best_value" in summary:
-        print(f"best so far: trial {summary['best_trial']}, PublicTest {summary['best_value']:.4f} within "
-              f"{study.user_attrs['epochs_per_trial']} epochs" + "".join(
-                  f"; {ref} (trial {summary[f'{ref}_trial']['number']}) {summary[f'{ref}_trial']['value']:.4f}"
-                  for ref in REFERENCES if summary.get(f"{ref}_trial", {}).get("value") is not None))
+    now = finalists(study, cfg.final_top)
+    if now:
+        print(f"the finalists, were the search to end now (best PublicTest within {study.user_attrs['epochs_per_trial']}"
+              " epochs): " + ", ".join(f"{role} trial {t.number} " + ("n/a" if t.value is None else f"{t.value:.4f}")
+                                        for role, t in now))
     left = f"about {p['search_epochs_left']:.0f} epochs of search ({cfg.pruner}), then " \
         f"{p['final_epochs_left']} of the finalists"
     if p["seconds_per_epoch"] is None:

@@ -673,6 +673,8 @@ def test_status_shows_a_running_study_and_writes_nothing(synthetic_h5, tmp_path,
     assert (progress["finished"], progress["running"], progress["search_epochs_left"]) == (3, 1, 1 + 2)
     assert progress["final_epochs_left"] == 3 * 3 and progress["rate_trials"] == 3
     assert "3 of 5 trials finished, 1 running" in printed and "STOPPED" in printed
+    assert f"end now (best PublicTest within 2 epochs): default trial 0 {study.trials[0].value:.4f}, recipe trial 1 " \
+        f"{study.trials[1].value:.4f}, search #1 trial 2 {study.trials[2].value:.4f}\n" in printed
     assert "about 3 epochs of search (none), then 9 of the finalists: about" in printed
     assert "median of 3 finished trials on this CPU" in printed
 
