@@ -338,6 +338,11 @@ def _worker_alive(attrs: dict) -> bool:
     return pid_alive(attrs["pid"]) and attrs.get("process") in (None, process_start(attrs["pid"]))
 
 
+def _worker_gone(attrs: dict) -> bool:
+    """Whether the process of this host that claimed a trial (user_attrs host, pid) no longer runs."""
+    return attrs.get("host") == socket.gethostname() and bool(attrs.get("pid")) and not _worker_alive(attrs)
+
+
 MAX_RETRIES = 3  # a trial whose worker dies again and again (out of memory, say) is given up after this many
 
 
@@ -363,11 +368,11 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; its optimize loop calls it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB storages with heartbeats; a no-op for journal files
-    host, dead = socket.gethostname(), []
+    dead = []
     unclaimed_before = datetime.datetime.now() - datetime.timedelta(minutes=5)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if (t.user_attrs.get("host") == host and pid and not _worker_alive(t.user_attrs)) or \
+        if _worker_gone(t.user_attrs) or \
                 (pid is None and t.datetime_start and t.datetime_start < unclaimed_before):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
@@ -663,10 +668,10 @@ def trial_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, role, the trial it retries, epochs reported, best and last PublicTest
     accuracy, minutes, the pruner that judged it, its parameters and where it ran. A trial left RUNNING by a
     worker of this host that is gone is STOPPED (the next `fer tune` fails it and queues it again)."""
-    host, rows = socket.gethostname(), []
+    rows = []
     for t in study.get_trials(deepcopy=False):
         a, iv = t.user_attrs, t.intermediate_values
-        stopped = t.state == TrialState.RUNNING and a.get("host") == host and a.get("pid") and not _worker_alive(a)
+        stopped = t.state == TrialState.RUNNING and _worker_gone(a)
         rows.append({"trial": t.number, "state": "STOPPED" if stopped else t.state.name,
                      "role": a.get("reference", ""), "retry of": a.get("retry_of", ""), "epochs": max(iv, default=0),
                      "best": max(iv.values(), default=np.nan), "last": iv[max(iv)] if iv else np.nan,
