@@ -75,9 +75,11 @@ HEARTBEAT_S = 60  # RDB storages: a trial silent for 2 heartbeats is failed (a w
 def suggest_config(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space. Every parameter name is a TrainConfig field, so trial.params is a config.
     Nothing here is in absolute epochs: schedules span the run's budget (StepLR by share of it)."""
-    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
-    # The original study's lr range suits Adam/RMSprop; SGD needs larger steps (our default is 0.05).
-    trial.suggest_float("lr", 1e-5, 1e-1 if optimizer == "sgd" else 1e-2, log=True)
+    trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+    # One range for every optimizer, Adam's good steps and SGD's (our default is 0.05) both in it: a range
+    # that depends on the optimizer would make multivariate TPE drop lr from its joint model (a parameter
+    # whose distribution changes leaves Optuna's intersection search space), and sample lr alone.
+    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
     trial.suggest_categorical("batch_size", [32, 64, 128, 256])
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     scheduler = trial.suggest_categorical("scheduler", ["onecycle", "cosine", "step"])
@@ -314,9 +316,12 @@ def create_study(storage, study_name: str = "fer", seed: int = 0, pruner: str = 
                                 pruner=create_pruner(pruner, min_epochs, max_epochs, reduction_factor),
                                 load_if_exists=True)
     start = np.random.SeedSequence([seed, worker, len(study.get_trials(deepcopy=False))])
-    # constant_liar: parallel workers don't all sample next to the same running trial.
-    study.sampler = optuna.samplers.TPESampler(seed=int(start.generate_state(1)[0]), multivariate=True,
-                                               constant_liar=True)
+    # constant_liar: parallel workers don't all sample next to the same running trial. group: StepLR's
+    # step_fraction and gamma, drawn only with StepLR, are modelled jointly too, in a group of their own.
+    with warnings.catch_warnings():  # group is "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(seed=int(start.generate_state(1)[0]), multivariate=True,
+                                                   group=True, constant_liar=True)
     return study
 
 

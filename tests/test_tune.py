@@ -74,14 +74,31 @@ def test_space_yields_valid_configs():
     assert set(df.params_batch_size) <= {32, 64, 128, 256}
     assert set(df.params_width_mult) <= {0.75, 1.0, 1.25, 1.5} and set(df.params_crop) <= {0, 44}
     assert set(df.params_ema_decay) <= {0.0, 0.99, 0.998, 0.999}
-    adaptive = df.params_optimizer != "sgd"
-    assert df.params_lr[adaptive].between(1e-5, 1e-2).all() and df.params_lr[~adaptive].between(1e-5, 1e-1).all()
+    assert df.params_lr.between(1e-5, 1e-1).all()
     assert df.params_weight_decay.between(1e-6, 1e-2).all()
     step = df.params_scheduler == "step"
     # StepLR as a share of the run, not in epochs: the same schedule at the trial's and the final budget
     assert df.params_step_fraction[step].between(0.1, 0.5).all() and df.params_gamma[step].between(0.1, 0.9).all()
     assert df.params_step_fraction[~step].isna().all() and "params_step_size" not in df
     assert set(tune.SPACE) <= {c.removeprefix("params_") for c in df.columns}
+
+
+def test_the_sampler_models_every_parameter_jointly(tmp_path):
+    """Multivariate TPE models together the parameters it infers as its relative search space, and draws any
+    other alone: lr must be among them with the optimizer (one range for all optimizers: a range that depends
+    on the optimizer leaves the intersection search space), StepLR's own two too (group: a group of theirs)."""
+    study = tune.create_study(str(tmp_path / "optuna.journal"))
+    base = TrainConfig(epochs=4, **TINY)
+
+    def score(trial):  # no training: a value that depends on the optimizer's lr, as accuracy does
+        cfg = tune.suggest_config(trial, base)
+        best = {"sgd": -1.3, "adam": -3, "rmsprop": -3.5}[cfg.optimizer]
+        return -abs(np.log10(cfg.lr) - best) - (cfg.scheduler == "step") * abs(cfg.gamma - 0.5)
+
+    study.optimize(score, n_trials=12)
+    assert any(t.params["scheduler"] == "step" for t in study.trials)
+    joint = study.sampler.infer_relative_search_space(study, study.trials[-1])
+    assert set(tune.SPACE) | {"step_fraction", "gamma"} <= set(joint)
 
 
 def check_shared_budget(study: optuna.Study, n: int, pids: set) -> None:
