@@ -343,9 +343,18 @@ def _worker_alive(attrs: dict) -> bool:
     return pid_alive(attrs["pid"]) and attrs.get("process") in (None, process_start(attrs["pid"]))
 
 
-def _worker_gone(attrs: dict) -> bool:
-    """Whether the process of this host that claimed a trial (user_attrs host, pid) no longer runs."""
-    return attrs.get("host") == socket.gethostname() and bool(attrs.get("pid")) and not _worker_alive(attrs)
+def _worker_gone(attrs: dict, one_machine: bool = False) -> bool:
+    """Whether the process that claimed a trial (user_attrs host, pid) is gone: a process of this host that no
+    longer runs, or, in a study that one machine keeps (one_machine), any process of another host: the study
+    was moved here (a database's workers on other machines are told by their heartbeats)."""
+    if not attrs.get("pid"):
+        return False
+    return one_machine if attrs.get("host") != socket.gethostname() else not _worker_alive(attrs)
+
+
+def _one_machine(study: optuna.Study) -> bool:
+    """Whether the study is in a journal file, whose locks serve the processes of one machine (open_storage)."""
+    return isinstance(study._storage, JournalStorage)  # Optuna has no public accessor of a study's storage
 
 
 MAX_RETRIES = 3  # a trial whose worker dies again and again (out of memory, say) is given up after this many
@@ -368,16 +377,18 @@ def retry_trial(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTr
 def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the running trials whose worker is gone, which would otherwise hold a slot of the
     budget forever, and queue each again (retry_trial): a dead process on this host (or one whose pid
-    a later process got); (RDB) no heartbeat for 2 intervals; or no worker recorded at all 5 minutes
+    a later process got); (journal) a process of another host, the study's folder having been copied or
+    moved here; (RDB) no heartbeat for 2 intervals; or no worker recorded at all 5 minutes
     after the start (killed between creating the trial and claim_slot)."""
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9; its optimize loop calls it too
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB storages with heartbeats; a no-op for journal files
     dead = []
     unclaimed_before = datetime.datetime.now() - datetime.timedelta(minutes=5)
+    one_machine = _one_machine(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if _worker_gone(t.user_attrs) or \
+        if _worker_gone(t.user_attrs, one_machine) or \
                 (pid is None and t.datetime_start and t.datetime_start < unclaimed_before):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
@@ -672,11 +683,11 @@ def expected_epochs(pruner: str, epochs: int, min_epochs: int, reduction_factor:
 def trial_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, role, the trial it retries, epochs reported, best and last PublicTest
     accuracy, minutes, the pruner that judged it, its parameters and where it ran. A trial left RUNNING by a
-    worker of this host that is gone is STOPPED (the next `fer tune` fails it and queues it again)."""
-    rows = []
+    worker that is gone (_worker_gone) is STOPPED (the next `fer tune` fails it and queues it again)."""
+    rows, one_machine = [], _one_machine(study)
     for t in study.get_trials(deepcopy=False):
         a, iv = t.user_attrs, t.intermediate_values
-        stopped = t.state == TrialState.RUNNING and _worker_gone(a)
+        stopped = t.state == TrialState.RUNNING and _worker_gone(a, one_machine)
         rows.append({"trial": t.number, "state": "STOPPED" if stopped else t.state.name,
                      "role": a.get("reference", ""), "retry of": a.get("retry_of", ""), "epochs": max(iv, default=0),
                      "best": max(iv.values(), default=np.nan), "last": iv[max(iv)] if iv else np.nan,

@@ -232,6 +232,25 @@ def test_a_dead_workers_trial_is_queued_again_once(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_study_moved_to_another_machine_retries_the_trials_left_running_there(tmp_path):
+    """A journal file serves one machine: a trial claimed on another host was left running when the study's
+    folder was copied here, and would otherwise hold its slot forever; a database's other hosts are alive."""
+    elsewhere = {"host": socket.gethostname() + "-before", "pid": os.getpid(), "process": "another-boot:1"}
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    journal = tune.create_study(str(tmp_path / "optuna.journal"))
+    database = tune.create_study(f"sqlite:///{tmp_path}/optuna.db")
+    for study in (journal, database):
+        trial = study.ask(space)
+        for key, value in elsewhere.items():
+            trial.set_user_attr(key, value)
+    assert tune.trial_table(journal).state.tolist() == ["STOPPED"]
+    assert tune.trial_table(database).state.tolist() == ["RUNNING"]
+    assert tune.fail_dead_trials(journal) == [0] and tune.fail_dead_trials(database) == []
+    assert [t.state for t in journal.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert journal.trials[1].user_attrs == {"retry_of": 0, "retries": 1}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_stale_trial_in_a_database_is_queued_again(tmp_path, monkeypatch):
     """RDB storages find dead workers by their heartbeat (workers on many machines): the same retry."""
     monkeypatch.setattr(tune, "HEARTBEAT_S", 1)  # stale after 2 s without a heartbeat
