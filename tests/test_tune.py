@@ -552,7 +552,7 @@ def test_the_references_are_the_first_trials(synthetic_h5, tmp_path):
     default, mine = study.trials[:2]
     assert [t.user_attrs["reference"] for t in (default, mine)] == ["default", "recipe"]
     assert default.state == mine.state == TrialState.COMPLETE
-    assert default.user_attrs["machine"]["precision"] in ("fp32", "bf16")  # where it ran: a study may span CPUs
+    assert default.user_attrs["machine"]["precision"] in ("fp32", "bfloat16")  # where it ran: a study may span CPUs
     assert default.user_attrs["machine"]["torch_threads"] == torch.get_num_threads()
     assert describe_machine(default.user_attrs["machine"]).endswith(
         f"{default.user_attrs['machine']['precision']}, {torch.get_num_threads()} thread"
