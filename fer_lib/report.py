@@ -184,17 +184,53 @@ def readme_ensemble(checkpoint: Path, metrics_json: Path, top: int = 5, block: s
 
 
 def search_summary(study_json: Path) -> str:
-    """One sentence on an Optuna search from the JSON notebook 03 writes (`03_optuna.json`)."""
+    """What an Optuna search did, from the JSON notebook 03 writes (`03_optuna.json`): one sentence, and,
+    once its finalists were retrained at the final budget, their table and the rank correlation."""
     d = json.loads(Path(study_json).read_text())
-    search, default = d["search"], d.get("default_trial")
-    head = (f"The search (`{Path(study_json).as_posix()}`): {d['n_trials']} trials of {search['epochs_per_trial']} "
-            f"epochs on a stratified {search['train_fraction']:.0%} of Training, {d['n_pruned']} pruned. ")
+    search, default, budget = d["search"], d.get("default_trial"), d.get("budget", {})
+    share = "all of" if search["train_fraction"] == 1 else f"a stratified {search['train_fraction']:.0%} of"
+    epochs = search["epochs_per_trial"]
+    if d.get("pruner") == "halving":
+        epochs = (f"{budget['min_epochs']} to {epochs} epochs (successive halving: the best "
+                  f"1/{budget['reduction_factor']} go on at each rung)")
+    else:
+        epochs = f"{epochs} epochs"
+    head = (f"The search (`{Path(study_json).as_posix()}`): {d['n_trials']} trials of {epochs} "
+            f"on {share} Training, {d['n_pruned']} pruned. ")
     best = (f"of the best trial ({d['best_trial']}): {100 * d['best_value']:.2f}%." if "best_trial" in d
             else "no trial finished.")
     if default is None:  # e.g. a search killed during its default trial and not rerun
-        return head + "The untuned default has not finished in this study; PublicTest accuracy " + best
-    return (head + f"PublicTest accuracy of the untuned default (trial {default['number']}): "
-            f"{100 * default['value']:.2f}%; " + best)
+        text = head + "The untuned default has not finished in this study; PublicTest accuracy " + best
+    else:
+        text = (head + f"PublicTest accuracy of the untuned default (trial {default['number']}): "
+                f"{100 * default['value']:.2f}%; " + best)
+    final = d.get("final")
+    return text if not final else text + "\n\n" + finalists_summary(final, search["epochs_per_trial"])
+
+
+def finalists_summary(final: dict, proxy_epochs: int) -> str:
+    """The finalists retrained at the final budget (final.json): both scores of each, the rank correlation
+    of the proxy and final scores, and the search's best finalist against the references."""
+    epochs = final["final_budget"]["epochs"]
+    # the accuracies training measured each epoch (in its precision, bf16 autocast where used): fer evaluate's
+    # own, in fp32, may differ by a few faces
+    rows = [f"| {r['role']} | {r['trial']} | {100 * r['proxy_val_acc']:.2f}% | {100 * r['final_val_acc']:.2f}% "
+            f"(epoch {r['final_epoch']}) |" for r in final["finalists"]]
+    rho = final["spearman_proxy_final"]
+    lines = [f"| finalist | trial | PublicTest in the search (up to {proxy_epochs} epochs) "
+             f"| PublicTest at the final budget ({epochs} epochs) |", "|---|---|---|---|", *rows, "",
+             "Rank correlation (Spearman) of the search's and the final PublicTest scores: "
+             + ("n/a (too few finalists)." if rho is None else f"{rho:+.2f}.")]
+    by_role = {role: r for r in final["finalists"] for role in r["role"].split("+")}
+    best = next((r for r in final["finalists"] if r["trial"] == final.get("search_best")), None)
+    if best and {"default", "recipe"} <= set(by_role):
+        gain = {ref: 100 * (best["final_val_acc"] - by_role[ref]["final_val_acc"]) for ref in ("default", "recipe")}
+        met = gain["default"] >= 1.5 and gain["recipe"] >= 0
+        lines.append(f"The search's best finalist (trial {best['trial']}) against the untuned default: "
+                     f"{gain['default']:+.2f} points of PublicTest at {epochs} epochs; against the hand recipe: "
+                     f"{gain['recipe']:+.2f} (the bar: at least +1.5 and +0): "
+                     + ("the search paid." if met else "**the search did not pay**."))
+    return "\n".join(lines)
 
 
 def _evaluated(path, m: dict | None = None) -> tuple[dict, dict, dict]:
@@ -211,7 +247,7 @@ def _model_of(cfg: dict):
     return create_model(cfg["model"], **model_kwargs(TrainConfig(**cfg)))
 
 
-def readme_tuning(entries, study_json: Path | None = None) -> str:
+def readme_tuning(entries, study_json: Path | None = None, block: str = "tuning") -> str:
     """The README's tuned-against-untuned block: the search in a sentence (from study_json), then one
     table row per (label, metrics.json of `fer evaluate`); the first row is the reference.
 
@@ -236,7 +272,8 @@ def readme_tuning(entries, study_json: Path | None = None) -> str:
                + (f", {100 * (best[1] - ref_val):+.2f} points over {ref} on PublicTest and "
                   f"{100 * (best[2] - ref_test):+.2f} on PrivateTest." if best[0] != ref else
                   "; no other recipe beat it on PublicTest, so tuning did not help here."))
-    command = " ".join(["fer report tuning", *(["--search", str(study_json)] if study_json else []),
+    command = " ".join(["fer report tuning", *(["--block", block] if block != "tuning" else []),
+                        *(["--search", str(study_json)] if study_json else []),
                         *(shlex.quote(f"{label}={path}") for label, path in entries)])
     return "\n".join([
         f"<!-- made by: {command} -->",  # the README test reruns it
@@ -359,6 +396,7 @@ def add_arguments(p) -> None:
     e.add_argument("--block", dest="readme_block", default="ensemble", help="README block name")
     t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
     t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
+    t.add_argument("--block", dest="readme_block", default="tuning", help="README block name")
     t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
     mo = sub.add_parser("models", help="models side by side (the distillation rows)")
     mo.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON")
@@ -388,6 +426,7 @@ def run(args) -> int:
         bad = [run for run in args.runs if "=" not in run]
         if bad:
             raise UserError(f"{bad[0]}: each run is LABEL=path/to/metrics.json")
-        update_readme(args.readme, readme_tuning([run.split("=", 1) for run in args.runs], args.search), "tuning")
+        update_readme(args.readme, readme_tuning([run.split("=", 1) for run in args.runs], args.search,
+                                                 args.readme_block), args.readme_block)
     print(f"wrote the {getattr(args, 'readme_block', args.block)} block of {args.readme}")
     return 0

@@ -153,18 +153,53 @@ def test_tuning_block_through_the_cli_with_the_search_sentence(tmp_path):
     assert main(["report", "--readme", str(readme), "tuning", str(default)]) == 2         # LABEL= missing
 
 
+def test_tuning_block_of_a_halving_search_shows_its_finalists_and_whether_it_paid(tmp_path):
+    finalist = lambda role, trial, proxy, final: {"role": role, "trial": trial, "proxy_val_acc": proxy,  # noqa: E731
+                                                  "final_val_acc": final, "final_epoch": 18}
+    final = {"finalists": [finalist("default", 2, 0.6071, 0.6336), finalist("recipe", 3, 0.6308, 0.6528),
+                           finalist("search #1", 33, 0.6308, 0.6550), finalist("search #2", 39, 0.6305, 0.6400)],
+             "spearman_proxy_final": 0.8, "final_budget": {"epochs": 18, "train_fraction": 1.0},
+             "chosen": 33, "search_best": 33}
+    study = tmp_path / "03_optuna.json"
+    study.write_text(json.dumps({"n_trials": 40, "n_pruned": 26, "best_trial": 3, "best_value": 0.6308,
+                                 "search": {"epochs_per_trial": 9, "train_fraction": 1.0}, "pruner": "halving",
+                                 "budget": {"min_epochs": 3, "reduction_factor": 2},
+                                 "default_trial": {"number": 2, "value": 0.6071}, "final": final}))
+    default = _metrics(tmp_path / "d" / "metrics.json", 0.6336, 0.62)
+    readme = tmp_path / "README.md"
+    start, end = readme_markers("search")
+    readme.write_text(f"x\n{start}\nold\n{end}\n")
+    assert main(["report", "--readme", str(readme), "tuning", "--block", "search", "--search", str(study),
+                 f"default={default}"]) == 0
+    text = readme.read_text()
+    assert f"<!-- made by: fer report tuning --block search --search {study} default={default} -->" in text
+    assert ("40 trials of 3 to 9 epochs (successive halving: the best 1/2 go on at each rung) on all of Training, "
+            "26 pruned.") in text
+    assert "| search #1 | 33 | 63.08% | 65.50% (epoch 18) |" in text
+    assert "Spearman) of the search's and the final PublicTest scores: +0.80." in text
+    assert ("against the untuned default: +2.14 points of PublicTest at 18 epochs; against the hand recipe: "
+            "+0.22 (the bar: at least +1.5 and +0): the search paid.") in text
+    final["search_best"] = 39  # +0.64 over the default, -1.28 under the recipe
+    study.write_text(json.dumps({**json.loads(study.read_text()), "final": final}))
+    assert main(["report", "--readme", str(readme), "tuning", "--block", "search", "--search", str(study),
+                 f"default={default}"]) == 0
+    assert "+0.64 points of PublicTest at 18 epochs; against the hand recipe: -1.28" in readme.read_text()
+    assert "**the search did not pay**." in readme.read_text()
+
+
 def test_readme_tuning_block_is_what_its_command_makes(tmp_path, monkeypatch):
     import re
     import shlex
     text = (ROOT / "README.md").read_text()
-    made_by = re.search(r"<!-- made by: fer report (tuning .*?) -->", text)
+    made_by = re.findall(r"<!-- made by: fer report (tuning .*?) -->", text)
     if not made_by:
         pytest.skip("README has no generated tuning block yet")
     copy = tmp_path / "README.md"
-    copy.write_text(text)
     monkeypatch.chdir(ROOT)
-    assert main(["report", "--readme", str(copy), *shlex.split(made_by.group(1))]) == 0
-    assert copy.read_text() == text
+    for command in made_by:  # the first search's block, and the second's (--block search)
+        copy.write_text(text)
+        assert main(["report", "--readme", str(copy), *shlex.split(command)]) == 0
+        assert copy.read_text() == text
 
 
 def test_committed_optuna_config_is_the_full_searchs_best():
