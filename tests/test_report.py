@@ -212,6 +212,21 @@ def test_committed_optuna_config_is_the_full_searchs_best():
     assert {k: resolved[k] for k in study["best_params"]} == study["best_params"]
 
 
+def test_committed_tuned_config_and_model_are_the_second_searchs_choice():
+    """configs/optuna_tune.json (README's retrain) and models/vgg_small_tuned_fer2013.pt are the finalist
+    that notebook 03 chose on PublicTest at the final budget."""
+    study = json.loads((ROOT / "reports" / "tune" / "03_optuna.json").read_text())
+    config = json.loads((ROOT / "configs" / "optuna_tune.json").read_text())
+    chosen = next(r for r in study["final"]["finalists"] if r["trial"] == study["final"]["chosen"])
+    assert chosen["final_val_acc"] == max(r["final_val_acc"] for r in study["final"]["finalists"])
+    assert config["trial"] == chosen["trial"] and config["train_config"] == chosen["train_config"]
+    from fer_lib.train import load_checkpoint, resolve_config
+    resolved = vars(resolve_config(str(ROOT / "configs" / "optuna_tune.json")))
+    assert {k: resolved[k] for k in chosen["train_config"]} == chosen["train_config"]
+    ck = load_checkpoint(ROOT / "models" / "vgg_small_tuned_fer2013.pt")
+    assert {k: ck["config"][k] for k in chosen["train_config"]} == chosen["train_config"]
+
+
 def test_readme_ablation_block_is_what_its_command_makes(tmp_path, monkeypatch):
     import re
     import shlex
