@@ -102,9 +102,12 @@ def plot_transfer(final: dict):
         raise ValueError("no finalists: nothing to plot")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter(100 * rows["proxy_val_acc"], 100 * rows["final_val_acc"])
-    for _, r in rows.iterrows():
+    # finalists often land close together: labels alternate sides in the order of the final score
+    for i, (_, r) in enumerate(rows.sort_values("final_val_acc", ascending=False).iterrows()):
         ax.annotate(f"{r['role']} (trial {r['trial']})", (100 * r["proxy_val_acc"], 100 * r["final_val_acc"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+                    textcoords="offset points", xytext=(6, 2) if i % 2 == 0 else (-6, -8), fontsize=8,
+                    ha="left" if i % 2 == 0 else "right")
+    ax.margins(x=0.25, y=0.1)  # room for the labels on both sides
     rho = final.get("spearman_proxy_final")
     ax.set(xlabel="PublicTest % in the search (proxy budget)",
            ylabel=f"PublicTest % after {final['final_budget']['epochs']} epochs",

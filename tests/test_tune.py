@@ -776,3 +776,15 @@ def test_a_storage_password_is_never_written_or_printed(synthetic_h5, tmp_path):
     shown = tune.describe_storage(url, tmp_path)  # what notebook 03 prints
     assert ":***@" in shown and f":{password}@" not in shown
     optuna.delete_study(study_name=name, storage=tune.open_storage(url))
+
+
+def test_transfer_plot_labels_every_finalist_on_alternate_sides():
+    from fer_lib.plots import plot_transfer
+    rows = [{"role": role, "trial": t, "proxy_val_acc": p, "final_val_acc": f}
+            for role, t, p, f in [("default", 2, 0.607, 0.634), ("recipe", 3, 0.631, 0.653),
+                                  ("search #1", 33, 0.631, 0.654)]]
+    fig = plot_transfer({"finalists": rows, "spearman_proxy_final": 0.5, "final_budget": {"epochs": 18}})
+    ax = fig.axes[0]
+    labels = {t.get_text(): t.get_horizontalalignment() for t in ax.texts}
+    assert labels == {"search #1 (trial 33)": "left", "recipe (trial 3)": "right", "default (trial 2)": "left"}
+    assert ax.get_title().endswith("Spearman +0.50") and ax.get_ylabel() == "PublicTest % after 18 epochs"
