@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -31,6 +32,23 @@ COMMANDS = {
 }
 
 
+# No space, no permission, an I/O failure, a file that vanished mid-run: the machine's state, not a
+# mistake in the command line, so exit 1 (a missing input the user named is still exit 2).
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM, errno.ESTALE}
+
+
+def one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+def describe_os_error(e: OSError) -> str:
+    """`path: cause` on one line ('data/x.h5: No space left on device'); HDF5's multi-line reports cut short."""
+    cause = one_line(e.strerror or e)
+    if e.errno == errno.ENOSPC:
+        cause = cause if cause.startswith("No space left") else f"No space left on device ({cause[:80]})"
+    return f"{e.filename}: {cause}" if e.filename else cause
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
@@ -46,10 +64,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return module.run(args) or 0
-    except (ValueError, OSError) as e:  # UserError and the like: the message names the culprit
+    except OSError as e:
         if os.environ.get("FER_DEBUG"):
             raise
-        print(f"fer {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"fer {argv[0]}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1 if e.errno in RESOURCE_ERRNOS else 2  # the machine's fault, or a path the user gave
+    except ValueError as e:  # UserError and the like: the message names the culprit
+        if os.environ.get("FER_DEBUG"):
+            raise
+        print(f"fer {argv[0]}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fer {argv[0]}: interrupted", file=sys.stderr)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import struct
 import sys
 import zipfile
@@ -26,7 +28,7 @@ import cv2
 import h5py
 import numpy as np
 
-from .errors import UserError, check_output_path
+from .errors import UserError, check_output_path, inside
 from .io import write_atomic
 from .progress import bar
 
@@ -271,23 +273,31 @@ def source_sha256(source) -> str:
 # ----------------------------------------------------------------------------- HDF5
 
 def build_hdf5(source, out="data/fer2013.h5", resize: bool = False, force: bool = False,
-               progress: bool = True) -> Path:
-    """Ingest `source` into `out` atomically; reuse `out` if it already holds this source."""
+               progress: bool = True, overwrite: bool = True) -> Path:
+    """Ingest `source` into `out` atomically; reuse `out` if it already holds this source. An `out` that
+    holds anything else (or force, to rebuild) is replaced only with overwrite (`fer preprocess --overwrite`)."""
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"FER-2013 source not found: {source}")
-    check_output_path(out, "--out")
+    check_output_path(out, "--out", inputs=(source,) if source.is_file() else ())
+    if source.is_dir() and inside(out, source):
+        raise UserError(f"--out {out}: lies inside the source folder {source}; write it elsewhere")
     sha = source_sha256(source)
-    if out.exists() and not force:
+    if out.exists():
+        held = "not a readable HDF5 file"
         try:
             with h5py.File(out, "r") as f:   # same source, same ingest code, same rules: reuse it
                 a = f.attrs   # (a file made without --resize had only 48x48 images: fine with it too)
-                if (a.get("source_sha256") == sha and a.get("ingest_version") == INGEST_VERSION
+                if (not force and a.get("source_sha256") == sha and a.get("ingest_version") == INGEST_VERSION
                         and (resize or not a.get("resized_allowed", False))):
                     log.info("%s already holds %s (sha256 %s...); reusing it", out, source, sha[:12])
                     return out
+                held = f"data from {a.get('source_name', 'another source')}" + (" (--force)" if force else "")
         except OSError:
-            log.warning("%s is not a readable HDF5 file; rebuilding it", out)
+            pass
+        if not overwrite:
+            raise UserError(f"--out {out}: exists and holds {held}; pass --overwrite to replace it, or give another --out")
+        log.warning("%s holds %s; replacing it", out, held)
     return write_hdf5(out, read_source(source, resize, progress), source=str(source), source_name=source.name,
                       source_sha256=sha, resized_allowed=resize)
 
@@ -315,6 +325,13 @@ def write_hdf5(out, splits: dict, **attrs) -> Path:
     failure leaves the old one untouched.
     """
     mean, std = pixel_stats(splits["train"][0])
+    # HDF5 on a full disk dies in its own error handling (a segfault at exit): check the space first
+    need = sum(im.nbytes + lab.nbytes + 64 * len(names) for im, lab, names in splits.values()) + (1 << 20)
+    folder = next(p for p in Path(out).absolute().parents if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device: {need / 2**20:.0f} MB needed, "
+                                    f"{free / 2**20:.0f} MB free", str(out))
 
     def write(tmp):
         with h5py.File(tmp, "x") as f:   # "x": create, never overwrite; mode 0666 minus the umask
@@ -370,6 +387,22 @@ def read_info(path) -> dict:
         }
 
 
+def check_split(path, split: str, images, labels, mean: float, std: float) -> None:
+    """DataError naming what is wrong with a split as read: its shape, pixel type, labels, or the file's
+    normalisation. Found here, when the file is opened, not by an evaluation after hours of training."""
+    where = f"{path}: split '{split}'"
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
+        raise DataError(f"{where}: images are {images.dtype} {images.shape}, expected uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    bad = (labels < 0) | (labels >= len(CLASS_NAMES))
+    if bad.any():
+        raise DataError(f"{where}: {int(bad.sum())} label(s) outside 0..{len(CLASS_NAMES) - 1} "
+                        f"(first: {int(labels[bad][0])} at index {int(np.flatnonzero(bad)[0])})")
+    if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+        raise DataError(f"{path}: its normalisation (mean {mean}, std {std}) is not usable; rebuild it with fer preprocess")
+
+
 def load_split(path, split: str, normalize: bool = False, as_tensor: bool = False):
     """(images, labels) of one split: uint8 (N,48,48) or, normalized, float32 with the train stats.
 
@@ -384,6 +417,7 @@ def load_split(path, split: str, normalize: bool = False, as_tensor: bool = Fals
         images = f[split]["images"][:]
         labels = f[split]["labels"][:].astype(np.int64)
         mean, std = float(f.attrs["mean"]), float(f.attrs["std"])
+    check_split(path, split, images, labels, mean, std)
     if normalize:
         images = normalize_images(images, mean, std)
     if as_tensor:
@@ -404,13 +438,15 @@ def add_arguments(p) -> None:
     p.add_argument("source", help="image-folder directory, its .zip, fer2013.csv or icml_face_data.csv")
     p.add_argument("--out", default="data/fer2013.h5", help="HDF5 file to write")
     p.add_argument("--resize", action="store_true", help="resize images that are not 48x48 (off: error)")
-    p.add_argument("--force", action="store_true", help="rebuild even if OUT holds this source")
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT holds this source (with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it holds something else")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run(args) -> int:
     try:
-        out = build_hdf5(args.source, args.out, resize=args.resize, force=args.force, progress=args.progress)
+        out = build_hdf5(args.source, args.out, resize=args.resize, force=args.force, progress=args.progress,
+                         overwrite=args.overwrite)
     except (DataError, FileNotFoundError) as e:   # the user's input, not our bug: no traceback
         print(f"fer preprocess: error: {e}", file=sys.stderr)
         return 2

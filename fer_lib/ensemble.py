@@ -22,7 +22,7 @@ from . import __version__
 from .data import load_split
 from .errors import UserError, check_output_path
 from .evaluate import report_dir_for
-from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .flags import add_dataclass_arguments, check_settings, dataclass_from_arguments, setting
 from .io import write_atomic
 from .models import (CHECKPOINT_VERSION, STORAGE_BYTES, count_macs, count_params, create_model, load_checkpoint,
                      load_model, store_weights)
@@ -32,12 +32,15 @@ from .train import save_atomic
 @dataclass
 class EnsembleConfig:
     out: str = "models/ensemble_fer2013.pt"  # the ensemble checkpoint to write
-    storage: str = "fp16"              # weights as fp32 | fp16 | int8 (one scale per output channel)
+    storage: str = setting("fp16", choices=("fp32", "fp16", "int8"))  # stored weights (int8: one scale per output channel)
     choose: bool = False               # pick the best subset of the checkpoints on PublicTest (needs --data)
     data: str = "data/fer2013.h5"      # HDF5 of fer preprocess; only its PublicTest is read
-    max_members: int = 3               # --choose: largest subset tried
-    max_mb: float = 20.0               # --choose: the stored weights must fit in this many MB
-    max_macs: float = 0.0              # --choose: multiply-adds per face at most (0: no limit)
+    max_members: int = setting(3, low=1)  # --choose: largest subset tried
+    max_mb: float = setting(20.0, above=0.0)  # --choose: the stored weights must fit in this many MB
+    max_macs: float = setting(0.0, low=0.0)  # --choose: multiply-adds per face at most (0: no limit)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def build_ensemble(paths, storage: str = "fp16") -> dict:
@@ -106,7 +109,7 @@ def run(args) -> int:
     out = Path(cfg.out)
     selection_file = report_dir_for(out) / "selection.json"  # beside fer evaluate's metrics.json of it
     for path in (out, selection_file) if cfg.choose else (out,):
-        check_output_path(path, "--out", overwrite=args.overwrite)
+        check_output_path(path, "--out", overwrite=args.overwrite, inputs=(*args.checkpoints, cfg.data))
     for p in args.checkpoints:
         load_checkpoint(p)  # a missing or foreign file is named before minutes of scoring
     members = list(args.checkpoints)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .data import SPLIT_USAGE, load_split, read_info, source_sha256
 from .errors import check_output_path
-from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .flags import add_dataclass_arguments, check_settings, dataclass_from_arguments, setting
 from .io import read_config, write_atomic
 from .metrics import (ECE_BINS, average_proba, compute_metrics, expected_calibration_error, fit_temperature,
                       negative_log_likelihood)
@@ -32,13 +32,6 @@ from .models import load_model
 from .progress import bar
 
 TTA_MODES = ("flip", "tencrop")
-
-
-@dataclass
-class EvalConfig:
-    tta: str = "none"                 # test-time augmentation: none | flip | tencrop | flip,tencrop
-    n_bootstrap: int = 1000           # bootstrap resamples for the accuracy interval (0: none)
-    seed: int = 0                     # bootstrap seed
 EVAL_SPLITS = ("val", "test")  # PublicTest, PrivateTest: Training is never scored here
 
 
@@ -54,6 +47,16 @@ def parse_tta(tta) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown TTA mode(s) {unknown}; choose from {', '.join(TTA_MODES)} or none")
     return modes
+
+
+@dataclass
+class EvalConfig:
+    tta: str = setting("none", check=parse_tta)  # test-time augmentation: none | flip | tencrop | flip,tencrop
+    n_bootstrap: int = setting(1000, low=0)  # bootstrap resamples for the accuracy interval (0: none)
+    seed: int = setting(0, low=0)     # bootstrap seed
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def tta_views(faces, mode: str = "plain", crop: int = 44, resize: bool = True) -> torch.Tensor:
@@ -250,11 +253,13 @@ def add_arguments(p) -> None:
     p.add_argument("--config", help="a profile (configs/profiles/full.yaml): its `evaluate` section")
     add_dataclass_arguments(p, EvalConfig, flags={"n_bootstrap": "--bootstrap"})
     p.add_argument("--no-temperature", action="store_true", help="skip temperature scaling")
+    p.add_argument("--overwrite", action="store_true", help="replace the metrics.json and figures OUT already holds")
 
 
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, EvalConfig, read_config(args.config).get("evaluate", {}) if args.config else {})
     out = Path(args.out) if args.out else report_dir_for(args.checkpoint)
+    check_output_path(out / "metrics.json", "--out", overwrite=args.overwrite, inputs=(args.checkpoint, args.data))
     m = evaluate_checkpoint(args.checkpoint, args.data, out, tta=cfg.tta, n_bootstrap=cfg.n_bootstrap,
                             temperature=not args.no_temperature, seed=cfg.seed)
     print(summary_table(m).to_string(float_format="%.4f"))

@@ -38,6 +38,11 @@ def write_atomic(path, content) -> Path:
         else:
             content(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None or e.filename == str(path):
+            raise
+        # the cause, named by the file the user asked for, not our temporary one (no space, no permission)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

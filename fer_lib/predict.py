@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import UserError, check_output_path
+from .errors import UserError, check_output_path, inside
+from .flags import check_settings, setting
 from .io import write_atomic
 from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
 from .progress import bar
@@ -37,13 +38,16 @@ COLUMNS = ("file", "face", "x", "y", "w", "h", *(f"p_{c}" for c in range(7)), "l
 class DetectConfig:
     """Face finding for stills: fer video's Haar detector, at full resolution (no frame-rate budget)."""
     detect: bool = True           # False: each image already is one aligned face (like FER-2013's own)
-    detector: str = "haar"        # haar | yunet
+    detector: str = setting("haar", choices=("haar", "yunet"))  # haar | yunet
     yunet_model: str | None = None  # face_detection_yunet_*.onnx, needed for --detector yunet
-    scale_factor: float = 1.1     # Haar pyramid step
-    min_neighbors: int = 5        # Haar: overlapping hits a face needs (higher: fewer false faces)
-    min_size: int = 30            # smallest face side in image pixels
-    detect_scale: float = 1.0     # detect on the image resized by this factor (0.5 halves the time)
-    crop_margin: float = 0.0      # grow each box by this fraction of its side on each edge
+    scale_factor: float = setting(1.1, above=1.0, high=2.0)  # Haar pyramid step
+    min_neighbors: int = setting(5, low=0)  # Haar: overlapping hits a face needs (higher: fewer false faces)
+    min_size: int = setting(30, low=1)  # smallest face side in image pixels
+    detect_scale: float = setting(1.0, above=0.0, high=4.0)  # detect on the image resized by this factor (0.5 halves the time)
+    crop_margin: float = setting(0.0, low=0.0, high=1.0)  # grow each box by this fraction of its side on each edge
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @lru_cache(maxsize=4)
@@ -107,13 +111,19 @@ def detect_emotions(image, checkpoint=None, **detect_kwargs) -> list[dict]:
     return sorted(faces, key=lambda f: -f["box"][2] * f["box"][3])
 
 
-def list_images(paths) -> list[tuple[Path, Path]]:
-    """(image file, name to report it by) for files and folders (searched recursively, sorted)."""
+def list_images(paths, exclude=None, warn=None) -> list[tuple[Path, Path]]:
+    """(image file, name to report it by) for files and folders (searched recursively, sorted). Files
+    under `exclude` (the command's own output folder) are not inputs; a folder's files of other types
+    are passed to warn(folder, why) in one line."""
     found = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-            found += [(f, p.name / f.relative_to(p)) for f in files]
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not (exclude and inside(f, exclude)))
+            other = sorted({f.suffix.lower() or "(no extension)" for f in files if f.suffix.lower() not in IMAGE_EXTS})
+            if other and warn:
+                n = sum(f.suffix.lower() not in IMAGE_EXTS for f in files)
+                warn(str(p), f"{n} file(s) of types it does not read ({', '.join(other)}); it reads {', '.join(IMAGE_EXTS)}")
+            found += [(f, p.name / f.relative_to(p)) for f in files if f.suffix.lower() in IMAGE_EXTS]
         elif p.is_file():
             found.append((p, Path(p.name)))
         else:
@@ -124,12 +134,13 @@ def list_images(paths) -> list[tuple[Path, Path]]:
 
 
 def predict_files(paths, checkpoint=None, cfg: DetectConfig | None = None, batch_size: int = 256,
-                  annotate_dir=None, progress: bool = True, warn=None) -> dict:
+                  annotate_dir=None, progress: bool = True, warn=None, exclude=None) -> dict:
     """Classify every face of every image under `paths`, `batch_size` faces per forward pass.
 
     Returns {"rows": CSV rows (dicts of COLUMNS), "images": [{"file", "faces": [...]}], "unreadable":
     [(file, reason)], "n_images", "n_faces", "no_face"}. Unreadable files are passed to warn(file, reason)
-    and skipped. With annotate_dir, a copy of each image with its boxes and labels is written there."""
+    and skipped. With annotate_dir, a copy of each image with its boxes and labels is written there.
+    Files under `exclude` (the output folder) are never read."""
     clf, cfg = as_classifier(checkpoint), cfg or DetectConfig()
     detect = make_detector(cfg) if cfg.detect else None
     images, unreadable, pending = [], [], []  # pending: (image index, image, boxes, crops) awaiting a batch
@@ -147,7 +158,7 @@ def predict_files(paths, checkpoint=None, cfg: DetectConfig | None = None, batch
                 write_annotated(img, images[k], p, clf.class_names, annotate_dir, used_names)
         pending.clear()
 
-    files = list_images(paths)
+    files = list_images(paths, exclude, warn)
     for path, name in bar(files, desc="images", unit="img", disable=not progress, mininterval=1):
         try:
             img = read_image(path)
@@ -170,21 +181,25 @@ def predict_files(paths, checkpoint=None, cfg: DetectConfig | None = None, batch
 
 
 def write_annotated(img, image: dict, proba, class_names, folder, used_names: set) -> None:
-    """The image with each face's box and label, at folder/<name> (a second image of that name gets _2)."""
+    """The image with each face's box and label, at folder/<name>. A type OpenCV cannot write keeps its
+    extension in the name (b.tif -> b.tif.png, beside a b.png); a name already used, in any case (a.JPG,
+    a.jpg), gets _2."""
     out = Path(folder) / image["name"]
+    ext = out.suffix.lower() if out.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".png"
+    if ext != out.suffix.lower():
+        out = out.with_name(out.name + ext)
     stem, n = out.with_suffix(""), 2
-    while out in used_names:
+    while str(out).lower() in used_names:  # case-insensitive: a.JPG and a.jpg are one file on some disks
         out, n = Path(f"{stem}_{n}{out.suffix}"), n + 1
-    used_names.add(out)
+    used_names.add(str(out).lower())
     img = img.copy()
     for j, (f, p) in enumerate(zip(image["faces"], proba)):
         draw_face_label(img, j, f["box"], int(p.argmax()), float(p.max()), p, class_names)
-    ext = out.suffix.lower() if out.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".png"
     ok, buf = cv2.imencode(ext, img)
     if not ok:
         raise UserError(f"{out}: OpenCV cannot encode an annotated image")
-    write_atomic(out.with_suffix(ext), buf.tobytes())
-    image["annotated"] = str(out.with_suffix(ext))
+    write_atomic(out, buf.tobytes())
+    image["annotated"] = str(out)
 
 
 def format_summary(result: dict) -> str:
@@ -223,13 +238,16 @@ def run(args) -> int:
     if taken and not args.overwrite:
         raise UserError(f"{', '.join(taken)} already exist; give another --out or --overwrite")
     for t in (csv_path, json_path):
-        check_output_path(t, "--out")
+        check_output_path(t, "--out", inputs=args.paths)
+    for p in args.paths:  # --overwrite empties annotated/: never where an input lies
+        if args.annotate and inside(p, ann):
+            raise UserError(f"--out {out}: its annotated/ folder would hold the input {p}; give another --out")
     if args.annotate and args.overwrite and ann.is_dir():
         shutil.rmtree(ann)  # the old run's copies would mix with this one's
     cfg = DetectConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DetectConfig)})
     result = predict_files(args.paths, args.checkpoint, cfg, args.batch_size, ann if args.annotate else None,
                            progress=sys.stderr.isatty(),
-                           warn=lambda f, why: print(f"fer predict: skipped {f}: {why}", file=sys.stderr))
+                           warn=lambda f, why: print(f"fer predict: skipped {f}: {why}", file=sys.stderr), exclude=out)
     if not result["n_images"]:
         raise UserError(f"none of the {len(result['unreadable'])} images could be read")
     import pandas as pd

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data import load_split, read_info
 from .errors import UserError, check_output_path
-from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .flags import add_dataclass_arguments, check_settings, dataclass_from_arguments, setting
 from .models import INT8_ENGINE, calibrate_int8, load_checkpoint, load_model
 from .train import export_checkpoint
 
@@ -26,9 +26,12 @@ from .train import export_checkpoint
 class QuantizeConfig:
     out: str = "models/model_int8.pt"  # the int8 checkpoint to write
     data: str = "data/fer2013.h5"      # HDF5 of fer preprocess; only its Training split is read
-    faces: int = 2048                  # Training faces (drawn at random) that calibrate the activation ranges
-    seed: int = 0                      # which faces
+    faces: int = setting(2048, low=1)  # Training faces (drawn at random) that calibrate the activation ranges
+    seed: int = setting(0, low=0)      # which faces
     half: bool = True                  # keep the float weights as fp16 (the int8 ones are made at load)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def quantize_checkpoint(src, data, faces: int = 2048, seed: int = 0) -> dict:
@@ -60,9 +63,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, QuantizeConfig)
     out = Path(cfg.out)
-    if Path(args.checkpoint).resolve() == out.resolve():
-        raise UserError(f"--out {out} is the checkpoint being quantized; write a new file")
-    check_output_path(out, "--out", overwrite=args.overwrite)
+    check_output_path(out, "--out", overwrite=args.overwrite, inputs=(args.checkpoint, cfg.data))
     if not Path(cfg.data).is_file():
         raise UserError(f"--data {cfg.data}: file not found (its Training faces calibrate the int8 ranges)")
     quant = quantize_checkpoint(args.checkpoint, cfg.data, cfg.faces, cfg.seed)

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from .data import load_split
-from .flags import add_dataclass_arguments
+from .errors import check_output_path
+from .flags import add_dataclass_arguments, check_settings, setting
 from .io import write_atomic
 from .smoothing import DEFAULT_SMOOTHER, create_smoother, smoother_settings
 from .video import VideoError, crop_face
@@ -37,18 +38,21 @@ HAAR_BOX_RATIO = 0.975  # median Haar box side / face image side on upscaled Pub
 
 @dataclass
 class StreamConfig:
-    n_runs: int = 200                # runs, one held-out face each
+    n_runs: int = setting(200, low=1)  # runs, one held-out face each
     run_frames: tuple = (48, 120)    # frames per run, uniform (2-5 s at 24 fps)
-    fps: float = 24.0
+    fps: float = setting(24.0, above=0.0, high=1000.0)
     frame_size: tuple = (320, 240)   # (W, H)
     face_px: tuple = (110, 170)      # face side on screen, drawn per run
-    jitter_px: float = 1.5           # per-frame step of the face's random walk (px)
-    scale_jitter: float = 0.02       # per-frame sd of its log size, mean-reverting
-    brightness_jitter: float = 0.03  # per-frame sd of the frame gain, mean-reverting around 1
-    noise_std: float = 4.0           # sensor noise, grey levels
-    box_jitter: float = 0.04         # detector box centre and side noise, fraction of the face side
-    crop_margin: float = 0.0         # as fer_lib.video.VideoConfig.crop_margin
-    seed: int = 0
+    jitter_px: float = setting(1.5, low=0.0)  # per-frame step of the face's random walk (px)
+    scale_jitter: float = setting(0.02, low=0.0)  # per-frame sd of its log size, mean-reverting
+    brightness_jitter: float = setting(0.03, low=0.0)  # per-frame sd of the frame gain, mean-reverting around 1
+    noise_std: float = setting(4.0, low=0.0)  # sensor noise, grey levels
+    box_jitter: float = setting(0.04, low=0.0, high=1.0)  # detector box centre and side noise, fraction of the face side
+    crop_margin: float = setting(0.0, low=0.0, high=1.0)  # as fer_lib.video.VideoConfig.crop_margin
+    seed: int = setting(0, low=0)
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 @dataclass
@@ -253,12 +257,14 @@ def add_arguments(p) -> None:
     p.add_argument("--split", default="val", choices=("val", "test"))
     add_dataclass_arguments(p, StreamConfig, skip=("run_frames", "frame_size", "face_px"))
     p.add_argument("--tune", action="store_true", help="score the hysteresis grid (val only)")
-    p.add_argument("--write-video", help="write the stream as an MP4 instead of measuring")
+    p.add_argument("--write-video", help="write the stream as an MP4 instead of measuring (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --write-video file if it exists")
 
 
 def run(args) -> int:
     kw = {f.name: getattr(args, f.name) for f in fields(StreamConfig) if getattr(args, f.name, None) is not None}
     if args.write_video:
+        check_output_path(args.write_video, "--write-video", overwrite=args.overwrite, inputs=(args.h5,))
         print(f"{args.write_video}: {write_stream_video(args.write_video, args.h5, args.split, **kw)} frames")
         return 0
     from .models import load_model, resolve_checkpoint

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .data import CLASS_NAMES, IMAGE_SIZE, SPLITS, build_hdf5, read_info, write_hdf5
+from .errors import UserError, check_output_path
 
 SYNTHETIC_NOTICE = """\
 SYNTHETIC DATA: these are procedural cartoon faces, NOT FER-2013. Results on them
@@ -125,9 +126,13 @@ def add_arguments(p) -> None:
     p.add_argument("--per-class", type=int, nargs=3, default=[40, 10, 10], metavar=("TRAIN", "VAL", "TEST"),
                    help="faces per class in each split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def run(args) -> int:
+    check_output_path(args.out, "out", overwrite=args.overwrite)
+    if min(args.per_class) < 1:
+        raise UserError(f"--per-class {' '.join(map(str, args.per_class))}: each split needs at least 1 face per class")
     print(SYNTHETIC_NOTICE)
     print("wrote", write_synthetic_h5(args.out, tuple(args.per_class), args.seed))
     return 0

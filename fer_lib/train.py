@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
+import itertools
 import json
 import math
 import random
@@ -29,12 +31,22 @@ from . import __version__
 from .data import load_split, read_info
 from .environment import describe_environment, describe_machine
 from .errors import UserError, check_output_path
-from .flags import add_dataclass_arguments
+from .flags import add_dataclass_arguments, check_settings, setting
 from .io import clean_stale_partials, read_config, write_atomic
 from .metrics import average_proba
 from .models import (CHECKPOINT_VERSION, center_crop, count_macs, count_params, create_model, load_checkpoint,
                      load_model, model_from_checkpoint, store_weights)
 from .progress import bar as progress_bar
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or weight; the run stops and keeps its last good epoch."""
+
+
+def check_crop(side: int) -> None:
+    """0 (no crop) or a side every network can take: the deepest halves the side five times."""
+    if side != 0 and not 32 <= side <= 48:
+        raise ValueError("must be 0 (off) or a side from 32 to 48 pixels (the faces are 48x48)")
 
 
 @dataclass
@@ -43,42 +55,45 @@ class TrainConfig:
     out: str = "runs/default"          # run folder: config, history, last.pt, best.pt
     model: str = "vgg_small"           # a name from fer_lib.models.list_models()
     model_args: dict = field(default_factory=dict)  # extra create_model kwargs (widths, hidden, ...)
-    activation: str = "relu"           # relu | leaky_relu | elu | silu
-    drop_rate: float | None = None     # head dropout; None keeps the model's default
-    stage_drop: float | None = None    # dropout after each conv stage; None keeps model_args' or the model's
-    width_mult: float = 1.0            # scales every layer's width (0.5: about a quarter of the compute)
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "sgd"             # sgd (Nesterov) | adam | adamw | rmsprop
-    lr: float = 0.05                   # peak lr for onecycle, initial lr otherwise
-    weight_decay: float = 5e-4
-    momentum: float = 0.9              # sgd and rmsprop
-    scheduler: str = "onecycle"        # onecycle | cosine | step | plateau | none
-    step_size: int = 10                # StepLR: epochs between decays
-    step_fraction: float = 0.0         # StepLR: decay every this share of the epochs (0.25: 3 decays); 0 uses step_size
-    gamma: float = 0.5                 # StepLR / plateau decay factor
-    label_smoothing: float = 0.1
+    activation: str = setting("relu", choices=("relu", "leaky_relu", "elu", "silu"))
+    drop_rate: float | None = setting(None, low=0.0, below=1.0)  # head dropout; None keeps the model's default
+    stage_drop: float | None = setting(None, low=0.0, below=1.0)  # dropout after each conv stage (None: model_args' or default)
+    width_mult: float = setting(1.0, above=0.0, high=8.0)  # scales every layer's width (0.5: about a quarter of the compute)
+    epochs: int = setting(20, low=1)
+    batch_size: int = setting(128, low=2, why="batch-norm needs 2 faces per batch")
+    optimizer: str = setting("sgd", choices=("sgd", "adam", "adamw", "rmsprop"))  # sgd: Nesterov
+    lr: float = setting(0.05, above=0.0, high=10.0)  # peak lr for onecycle, initial lr otherwise
+    weight_decay: float = setting(5e-4, low=0.0, high=1.0)
+    momentum: float = setting(0.9, low=0.0, below=1.0)  # sgd and rmsprop
+    scheduler: str = setting("onecycle", choices=("onecycle", "cosine", "step", "plateau", "none"))
+    step_size: int = setting(10, low=1)  # StepLR: epochs between decays
+    step_fraction: float = setting(0.0, low=0.0, below=1.0)  # StepLR: decay each this share of the epochs (0: step_size)
+    gamma: float = setting(0.5, above=0.0, high=1.0)  # StepLR / plateau decay factor
+    label_smoothing: float = setting(0.1, low=0.0, below=1.0)
     class_weights: bool = False        # weight the loss by inverse class frequency (helps Disgust)
-    augment: float = 1.0               # augmentation strength, 0 turns it off
+    augment: float = setting(1.0, low=0.0, high=4.0)  # augmentation strength, 0 turns it off
     flip: bool = True                  # random horizontal flip
-    erase: float = 0.25                # random-erasing probability (scaled by augment)
-    crop: int = 0                      # train on random crops of this side (e.g. 40), score the centre crop; 0 = off
-    mixup: float = 0.0                 # mixup alpha, lambda ~ Beta(alpha, alpha); 0 = off
-    cutmix: float = 0.0                # cutmix alpha; with mixup also on, each batch picks one (p = 0.5)
-    mix_prob: float = 1.0              # share of batches mixed when mixup or cutmix is on
-    ema_decay: float = 0.0             # per-step EMA of the weights, scored and checkpointed; 0 = off
+    erase: float = setting(0.25, low=0.0, high=1.0)  # random-erasing probability (scaled by augment)
+    crop: int = setting(0, check=check_crop)  # train on random crops of this side (e.g. 40), score the centre crop; 0 = off
+    mixup: float = setting(0.0, low=0.0)  # mixup alpha, lambda ~ Beta(alpha, alpha); 0 = off
+    cutmix: float = setting(0.0, low=0.0)  # cutmix alpha; with mixup also on, each batch picks one (p = 0.5)
+    mix_prob: float = setting(1.0, low=0.0, high=1.0)  # share of batches mixed when mixup or cutmix is on
+    ema_decay: float = setting(0.0, low=0.0, below=1.0)  # per-step EMA of the weights, scored and checkpointed; 0 = off
     teacher: str | None = None         # checkpoint to distil from (its soft targets on each training batch)
-    kd_alpha: float = 0.9              # weight of the distillation term; 1 - kd_alpha on the labels
-    kd_temperature: float = 4.0        # softmax temperature of teacher and student in the distillation term
+    kd_alpha: float = setting(0.9, low=0.0, high=1.0)  # weight of the distillation term; 1 - kd_alpha on the labels
+    kd_temperature: float = setting(4.0, above=0.0)  # softmax temperature of teacher and student in the distillation term
     kd_cache: bool = False             # the teacher's targets once per Training face (mean of it and its mirror),
                                        # not on every augmented batch: a large teacher then costs one pass
     init: str | None = None            # start from this checkpoint's weights (fine-tuning; same model and args)
-    train_fraction: float = 1.0        # stratified subset of Training, for fast searches
-    patience: int = 0                  # early stop after this many epochs without val gain; 0 = off
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (cuda)
-    device: str = "auto"               # auto | cpu | cuda
-    seed: int = 0
+    train_fraction: float = setting(1.0, above=0.0, high=1.0)  # stratified subset of Training, for fast searches
+    patience: int = setting(0, low=0)  # early stop after this many epochs without val gain; 0 = off
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"))  # fp16: cuda
+    device: str = setting("auto", choices=("auto", "cpu", "cuda", "mps"))
+    seed: int = setting(0, low=0)
     progress: bool = True              # tqdm bars per epoch
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def resolve_config(file: str | None = None, **overrides) -> TrainConfig:
@@ -262,6 +277,9 @@ def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfi
             loss = F.cross_entropy(logits, y, weight=loss_weight, label_smoothing=cfg.label_smoothing)
         if teacher is not None or teacher_targets is not None:
             loss = cfg.kd_alpha * distill_loss(logits, t_logits, cfg.kd_temperature) + (1 - cfg.kd_alpha) * loss
+        value = loss.item()
+        if not math.isfinite(value):  # before the step: the weights stay those of the last good batch
+            raise Diverged(f"the training loss became {value} at batch {i + 1} of {n_batches}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -270,7 +288,7 @@ def train_one_epoch(model, optimizer, scheduler, images, labels, cfg: TrainConfi
         if cfg.scheduler == "onecycle":
             scheduler.step()
         pred = logits.argmax(1)
-        total_loss += loss.item() * len(y)
+        total_loss += value * len(y)
         correct += (lam * (pred == y).sum() + (1 - lam) * (pred == y2).sum()).item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
@@ -471,12 +489,24 @@ def describe_plan(s: Setup, start: int = 1) -> str:
             f"(more if the machine is shared). Interrupted, it resumes after its last finished epoch.")
 
 
+def check_finite(model: torch.nn.Module) -> None:
+    """Diverged naming the first weight or batch-norm statistic that is NaN or infinite."""
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise Diverged(f"the weights are no longer finite ({name})")
+
+
 def run_epoch(s: Setup, epoch: int) -> dict:
-    """Train one epoch, then score PublicTest; steps per-epoch schedulers. Returns the history row."""
+    """Train one epoch, then score PublicTest; steps per-epoch schedulers. Returns the history row.
+    Diverged (a non-finite loss or weight) ends the epoch before anything of it is kept."""
     t0 = time.time()
-    row = train_one_epoch(s.model, s.optimizer, s.scheduler, *s.train, s.cfg, s.mean, s.std, s.device,
-                          s.amp_dtype, s.loss_weight, desc=f"epoch {epoch}/{s.cfg.epochs}", ema=s.ema,
-                          teacher=s.teacher, teacher_targets=s.teacher_targets)
+    try:
+        row = train_one_epoch(s.model, s.optimizer, s.scheduler, *s.train, s.cfg, s.mean, s.std, s.device,
+                              s.amp_dtype, s.loss_weight, desc=f"epoch {epoch}/{s.cfg.epochs}", ema=s.ema,
+                              teacher=s.teacher, teacher_targets=s.teacher_targets)
+        check_finite(s.scored)
+    except Diverged as e:
+        raise Diverged(f"epoch {epoch}: {e}: the run diverged (lr {s.cfg.lr:g}; try a smaller --lr)") from None
     val = evaluate(s.scored, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)
     if s.ema is not None:  # the raw weights too, to show what averaging adds
         row["raw_val_acc"] = evaluate(s.model, *s.val, s.mean, s.std, s.device, s.amp_dtype, crop=s.cfg.crop)["acc"]
@@ -521,7 +551,9 @@ def checkpoint(s: Setup, epoch: int, history: list, best: dict) -> dict:
 
 def save_atomic(obj, path: Path) -> Path:
     """torch.save through io.write_atomic (which makes the folder): a kill never leaves a half-written checkpoint."""
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    buf = io.BytesIO()  # serialised in memory, written by Python: a full disk is then OSError(ENOSPC),
+    torch.save(obj, buf)  # where torch's own file writer raises an opaque RuntimeError
+    return write_atomic(path, buf.getvalue())
 
 
 RUN_FILES = ("last.pt", "best.pt", "history.json")
@@ -648,8 +680,8 @@ def add_arguments(p) -> None:
     p.add_argument("--config", help="a profile (configs/profiles/full.yaml: its `train` section), fer tune's "
                    "best_params.json, or a JSON/YAML file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue OUT's run from OUT/last.pt, with its config.json")
-    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
-    p.add_argument("--export", help="after training, write best.pt without optimizer state here")
+    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds, and the --export file")
+    p.add_argument("--export", help="after training, write best.pt without optimizer state here (a new file)")
     p.add_argument("--export-half", action="store_true", help="store the exported weights as fp16")
     add_dataclass_arguments(p, TrainConfig)
 
@@ -664,14 +696,23 @@ def run(args) -> int:
     if file and not Path(file).is_file():
         raise UserError(f"--config {file}: file not found")
     cfg = resolve_config(file, **given)
+    if args.export:  # before hours of training, not after
+        check_output_path(args.export, "--export", overwrite=args.overwrite,
+                          inputs=(cfg.data, cfg.init, cfg.teacher, file, Path(cfg.out) / "best.pt", Path(cfg.out) / "last.pt"))
+    last = Path(cfg.out) / "last.pt"
+
+    def kept() -> str:
+        return (f"{last} keeps epoch {load_checkpoint(last)['epoch']}; resume with: fer train --out {cfg.out} --resume"
+                if last.exists() else "no epoch had finished, nothing was kept")
     try:
         result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        last = Path(cfg.out) / "last.pt"
-        kept = (f"{last} keeps epoch {load_checkpoint(last)['epoch']}; resume with: fer train --out {cfg.out} --resume"
-                if last.exists() else "no epoch had finished, nothing was kept")
-        print(f"fer train: interrupted; {kept}", file=sys.stderr)
+        print(f"fer train: interrupted; {kept()}", file=sys.stderr)
         return 130
+    except Diverged as e:  # not the user's typing: exit 1, and nothing exported from it
+        good = f"{last} keeps epoch {load_checkpoint(last)['epoch']}, the last good one" if last.exists() else "nothing was kept"
+        print(f"fer train: error: {e}; {good}, and nothing was exported", file=sys.stderr)
+        return 1
     b = result["best"]
     print(f"best PublicTest acc {b['val_acc']:.4f} at epoch {b['epoch']}; {result['out']}/best.pt "
           f"({result['wall_s'] / 60:.1f} min)")

@@ -44,7 +44,7 @@ from . import train
 from .data import read_info
 from .environment import describe_environment, describe_machine
 from .errors import UserError
-from .flags import add_dataclass_arguments, dataclass_from_arguments
+from .flags import add_dataclass_arguments, check_settings, dataclass_from_arguments, setting
 from .io import mask_url, pid_alive, read_config, write_atomic
 from .models import create_model, load_checkpoint
 from .progress import in_notebook
@@ -53,22 +53,30 @@ from .train import TrainConfig, resolve_config
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
 
 
+PRUNERS = ("halving", "hyperband", "median", "none")
+
+
 @dataclasses.dataclass
 class TuneConfig:
     """The search's budget and machinery; the recipe it searches around is a TrainConfig (the profile's
     `train` section)."""
-    n_trials: int = 30                # finished (complete or pruned) trials in the study, all workers together
-    timeout: float | None = 2400      # seconds after which a worker starts no new trial (None: no limit)
-    epochs_per_trial: int = 9         # a trial's budget: its schedule spans these epochs (the proxy of the final run)
-    min_epochs: int = 3               # halving, hyperband: the epochs every trial gets before it may be stopped
-    reduction_factor: int = 3         # halving, hyperband: 1/this of the trials go on at each rung (min_epochs x this^k)
-    train_fraction: float = 1.0       # stratified share of Training each trial trains on
-    pruner: str = "halving"           # halving | hyperband | median | none (create_pruner)
-    workers: int = 1                  # processes on this machine sharing the study, one thread each
-    final_top: int = 3                # then retrain the best trials and both references at the final budget (0: no)
-    final_epochs: int | None = None   # the final budget; None: the recipe's own epochs (the train section's)
+    n_trials: int = setting(30, low=1)  # finished (complete or pruned) trials in the study, all workers together
+    timeout: float | None = setting(2400, above=0.0)  # seconds after which a worker starts no new trial (None: no limit)
+    epochs_per_trial: int = setting(9, low=1)  # a trial's budget: its schedule spans these epochs (the proxy of the final run)
+    min_epochs: int = setting(3, low=1)  # halving, hyperband: the epochs every trial gets before it may be stopped
+    reduction_factor: int = setting(3, low=2)  # halving, hyperband: 1/this of the trials go on at each rung (min_epochs x this^k)
+    train_fraction: float = setting(1.0, above=0.0, high=1.0)  # stratified share of Training each trial trains on
+    pruner: str = setting("halving", choices=PRUNERS)  # halving | hyperband | median | none (create_pruner)
+    workers: int = setting(1, low=1)  # processes on this machine sharing the study, one thread each
+    final_top: int = setting(3, low=0)  # then retrain the best trials and both references at the final budget (0: no)
+    final_epochs: int | None = setting(None, low=1)  # the final budget; None: the recipe's own epochs (the train section's)
     study_name: str = "fer"           # workers (and reruns) with the same storage and name share the study
-    seed: int = 0                     # seeds the TPE sampler and every trial's training
+    seed: int = setting(0, low=0)     # seeds the TPE sampler and every trial's training
+
+    def __post_init__(self):
+        check_settings(self)
+
+
 HEARTBEAT_S = 60  # RDB storages: a trial silent for 2 heartbeats is failed (a worker died on another machine)
 
 
@@ -160,6 +168,11 @@ def objective(trial: optuna.Trial, base: TrainConfig) -> float:
     except KeyboardInterrupt:  # Optuna marks it FAIL: queue it again, to go on from its checkpoint
         retry_trial(trial.study, trial)
         raise
+    except train.Diverged as e:  # a recipe that diverges is a bad point of the space, not a failure to retry
+        trial.set_user_attr("diverged", str(e))
+        print(f"trial {trial.number} pruned: {e}", flush=True)
+        _forget(run)
+        raise optuna.TrialPruned(str(e)) from None
     except optuna.TrialPruned:
         _forget(run)
         raise
@@ -274,8 +287,6 @@ class HalvingPruner(optuna.pruners.BasePruner):
         better = sum(v > value for v in others)
         return better >= -(-(len(others) + 1) // self.reduction_factor)  # not among the best ceil(n / factor)
 
-
-PRUNERS = ("halving", "hyperband", "median", "none")
 
 
 def create_pruner(name: str, min_epochs: int = 1, max_epochs: int | str = "auto",

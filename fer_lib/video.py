@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import sys
 import time
 from collections import deque
@@ -30,13 +31,15 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import UserError, check_output_path
-from .flags import add_dataclass_arguments
+from .errors import UserError, check_output_path, same_path
+from .flags import add_dataclass_arguments, check_settings, setting
 from .io import write_atomic
 from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
 from .progress import bar as progress_bar
-from .smoothing import DEFAULT_SMOOTHER, create_smoother
+from .smoothing import DEFAULT_SMOOTHER, create_smoother, list_smoothers
 from .tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 HAAR_FILE = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
 WINDOW = "fer video (q quits)"
@@ -53,35 +56,38 @@ class VideoError(UserError):
 
 @dataclasses.dataclass
 class VideoConfig:
-    start: float = 0.0            # seconds into a file to begin (ignored for a camera)
-    end: float | None = None      # seconds to stop at (for a camera: seconds to record)
+    start: float = setting(0.0, low=0.0)  # seconds into a file to begin (ignored for a camera)
+    end: float | None = setting(None, above=0.0)  # seconds to stop at (for a camera: seconds to record)
     log: str | None = None        # per-face per-frame CSV
     gif: str | None = None        # also write a small GIF here
-    gif_every: int = 3            # GIF keeps every n-th frame ...
-    gif_width: int = 320          # ... downscaled to this width
-    smoother: str = DEFAULT_SMOOTHER  # none | moving_average | ema | hysteresis
-    window: int | None = None     # moving_average frames (None: the smoother's default)
-    alpha: float | None = None    # ema / hysteresis weight of the newest frame
-    margin: float | None = None   # hysteresis: lead a new label needs ...
-    k: int | None = None          # ... for this many consecutive frames
-    detector: str = "haar"        # haar | yunet
+    gif_every: int = setting(3, low=1)  # GIF keeps every n-th frame ...
+    gif_width: int = setting(320, low=16, high=4096)  # ... downscaled to this width
+    smoother: str = setting(DEFAULT_SMOOTHER, choices=tuple(list_smoothers()))  # none | moving_average | ema | hysteresis
+    window: int | None = setting(None, low=1)  # moving_average frames (None: the smoother's default)
+    alpha: float | None = setting(None, above=0.0, high=1.0)  # ema / hysteresis weight of the newest frame
+    margin: float | None = setting(None, low=0.0, high=1.0)  # hysteresis: lead a new label needs ...
+    k: int | None = setting(None, low=1)  # ... for this many consecutive frames
+    detector: str = setting("haar", choices=("haar", "yunet"))  # haar | yunet
     yunet_model: str | None = None  # face_detection_yunet_*.onnx, needed for --detector yunet
-    scale_factor: float = 1.1     # Haar pyramid step
-    min_neighbors: int = 5        # Haar: overlapping hits a face needs (higher: fewer false faces)
-    min_size: int = 60            # smallest face side, full-frame pixels (smaller: slower)
-    detect_scale: float = 0.5     # detect on the frame resized by this factor
-    detect_every: int = 3         # detect on every k-th frame; tracks carry boxes in between
-    iou: float = 0.3              # a detection continues a track when their IoU is at least this
-    max_missed: int = 3           # a track ends after this many detection passes without its face
+    scale_factor: float = setting(1.1, above=1.0, high=2.0)  # Haar pyramid step
+    min_neighbors: int = setting(5, low=0)  # Haar: overlapping hits a face needs (higher: fewer false faces)
+    min_size: int = setting(60, low=1)  # smallest face side, full-frame pixels (smaller: slower)
+    detect_scale: float = setting(0.5, above=0.0, high=4.0)  # detect on the frame resized by this factor
+    detect_every: int = setting(3, low=1)  # detect on every k-th frame; tracks carry boxes in between
+    iou: float = setting(0.3, above=0.0, high=1.0)  # a detection continues a track when their IoU is at least this
+    max_missed: int = setting(3, low=0)  # a track ends after this many detection passes without its face
     # Haar's box on FER-2013 faces placed in a frame has a median side of 0.975x the face image
     # (measured on PublicTest), so the cascade's box already frames a face as the dataset does.
-    crop_margin: float = 0.0      # grow the box by this fraction of its side on each edge
+    crop_margin: float = setting(0.0, low=0.0, high=1.0)  # grow the box by this fraction of its side on each edge
     batch: bool = True            # all faces of a frame in one batch (--one-by-one: the original study's way)
     sequential: bool = False      # decode and detect in the main thread too (default: a thread of their own)
-    threads: int = 1              # torch threads for classifying a few faces (more only add overhead)
+    threads: int = setting(1, low=1)  # torch threads for classifying a few faces (more only add overhead)
     bars: bool = False            # draw the smoothed probabilities beside each face
     show: bool = False            # open a window (desktop OpenCV only); q quits
     progress: bool = False        # tqdm bar over frames
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def open_source(source):
@@ -226,13 +232,16 @@ def classify_faces(clf: Classifier, gray: np.ndarray, boxes, margin: float = 0.0
     return clf.predict_proba(crops) if batch else np.concatenate([clf.predict_proba(c) for c in crops])
 
 
-def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interruptible=False, **kwargs) -> dict:
+def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interruptible=False, overwrite: bool = True,
+                 **kwargs) -> dict:
     """Overlay smoothed emotion labels on `source` (file or camera index), writing `out` (mp4v; None:
     no video file). checkpoint: a path, a Classifier, or None for the live model (LIVE_MODEL).
 
     on_frame(frame_bgr), if given, sees every annotated frame; with interruptible, Ctrl-C (or a notebook's
     interrupt) ends the clip there and returns what was made. kwargs are VideoConfig fields (None keeps the
-    default). Returns a dict: frames, fps, wall_s, cpu_s, stage_s, stage_cpu_s, records (one per face per
+    default). overwrite=False refuses an output file that exists (`fer video` without --overwrite); no output
+    may be the source or the checkpoint. A clip that ends before its stated length is logged as a warning
+    with the frame it stopped at. Returns a dict: frames, fps, wall_s, cpu_s, stage_s, stage_cpu_s, records (one per face per
     frame, the CSV rows), track_summary, clip_summary, tracks, no_faces, out, log, tracks_csv, gif, ...
     """
     cfg = VideoConfig(**{k: v for k, v in kwargs.items() if v is not None})
@@ -242,9 +251,13 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
         except UserError as e:
             raise VideoError(str(e)) from None
     tracks_csv = tracks_csv_path(cfg.log) if cfg.log else None
-    for path, flag in ((out, "--out"), (cfg.log, "--log"), (tracks_csv, "--log"), (cfg.gif, "--gif")):
-        if path:  # before any frame is read
-            check_output_path(path, flag)
+    outputs = [(p, flag) for p, flag in ((out, "--out"), (cfg.log, "--log"), (tracks_csv, "--log"), (cfg.gif, "--gif")) if p]
+    inputs = (None if str(source).isdigit() else source, checkpoint if not isinstance(checkpoint, Classifier) else None)
+    for i, (path, flag) in enumerate(outputs):  # before any frame is read
+        check_output_path(path, flag, overwrite=overwrite, inputs=inputs)
+        for other, other_flag in outputs[:i]:
+            if same_path(path, other):
+                raise UserError(f"{flag} {path}: is also the {other_flag} output; give each output its own file")
     clf = checkpoint if isinstance(checkpoint, Classifier) else load_model(checkpoint)
     smoother_args = {k: getattr(cfg, k) for k in ("window", "alpha", "margin", "k")}
     create_smoother(cfg.smoother, **smoother_args)  # a bad name or setting fails before any video work
@@ -266,11 +279,12 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     gif_size = (cfg.gif_width, round(size[1] * cfg.gif_width / size[0]))
     records, gif_frames, n = [], [], 0
+    stopped, truncated = False, []  # stopped by --end, q or an interrupt; truncated: the frame the file ended at
     clock, in_clock = _StageClock(), _StageClock()  # this thread's stages; decode + detect's
     t0, c0 = time.perf_counter(), time.process_time()
 
     def encode(tmp):
-        nonlocal n
+        nonlocal n, stopped
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size) if tmp else None
         if writer is not None and not writer.isOpened():
             raise VideoError(f"{out}: OpenCV cannot write an mp4v video here")
@@ -283,6 +297,7 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
                 clock.skip()
                 t_s = time.perf_counter() - t0 if is_camera else (first + n) / fps
                 if cfg.end is not None and t_s >= cfg.end:
+                    stopped = True
                     break
                 tracks = tracker.update(boxes) if boxes is not None else tracker.visible()
                 clock.lap("detect")
@@ -309,6 +324,7 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
                 if cfg.show:
                     cv2.imshow(WINDOW, frame)
                     if cv2.waitKey(1) & 0xFF == ord("q"):
+                        stopped = True
                         break
                 clock.lap("encode")
                 n += 1
@@ -316,6 +332,7 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
         except KeyboardInterrupt:
             if not interruptible or n == 0:
                 raise
+            stopped = True
             records[:] = [r for r in records if r["frame"] < first + n]  # the interrupted frame was not kept
         finally:
             frames.close()  # stops the decoding thread before the capture is released
@@ -326,6 +343,11 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
             clock.lap("encode")
         if n == 0:
             raise VideoError(f"{source}: no frame could be read" + (f" at {cfg.start} s" if first else ""))
+        expected = 0 if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if not stopped and expected and first + n < expected - 1:  # containers may count one frame more
+            log.warning("%s: the clip stopped at frame %d of %d: the rest could not be decoded (a truncated or "
+                        "damaged file); the outputs hold the frames read", source, first + n, expected)
+            truncated.append(first + n)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -352,7 +374,7 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
             "source_fps": fps, "wall_s": wall, "cpu_s": cpu, "fps": n / wall, "realtime_factor": n / wall / fps,
             "stage_s": {s: clock.wall[s] + in_clock.wall[s] for s in STAGES}, "records": records,
             "stage_cpu_s": {s: clock.cpu[s] + in_clock.cpu[s] for s in STAGES}, "tracks": tracker.next_id,
-            "no_faces": not records, "config": dataclasses.asdict(cfg)}
+            "no_faces": not records, "truncated_at": truncated[0] if truncated else None, "config": dataclasses.asdict(cfg)}
 
 
 def tracks_csv_path(log) -> Path:
@@ -406,6 +428,7 @@ def add_arguments(p) -> None:
     p.add_argument("--source", required=True, help="video file, or camera index such as 0")
     p.add_argument("--checkpoint", default=None, help=f"model checkpoint (default: the live model, {LIVE_MODEL})")
     p.add_argument("--out", default="out.mp4", help="annotated MP4 (mp4v) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT, the --log and --gif files if they exist")
     add_dataclass_arguments(p, VideoConfig, skip=("batch",))
     p.add_argument("--one-by-one", dest="batch", action="store_false", default=None,
                    help="classify faces one at a time (the original study's way)")
@@ -414,7 +437,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(VideoConfig)}
     try:
-        result = run_pipeline(args.source, args.checkpoint, args.out, **kw)
+        result = run_pipeline(args.source, args.checkpoint, args.out, overwrite=args.overwrite, **kw)
     except VideoError as e:
         print(f"fer video: error: {e}", file=sys.stderr)
         return 2

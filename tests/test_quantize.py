@@ -88,7 +88,7 @@ def test_cli_refusals_are_one_line_and_keep_files(int8_pair, tiny_checkpoint, sy
     before = q.read_bytes()
     cases = [
         (["quantize", str(f), "--data", str(synthetic_h5), "--out", str(q)], "exists; pass --overwrite"),
-        (["quantize", str(f), "--data", str(synthetic_h5), "--out", str(f)], "is the checkpoint being quantized"),
+        (["quantize", str(f), "--data", str(synthetic_h5), "--out", str(f)], "is an input of this command"),
         (["quantize", str(f), "--data", str(tmp_path / "no.h5"), "--out", str(tmp_path / "x.pt")], "no.h5: file not"),
         (["quantize", str(q), "--data", str(synthetic_h5), "--out", str(tmp_path / "y.pt")], "quantized already"),
         (["quantize", str(tmp_path / "gone.pt"), "--data", str(synthetic_h5), "--out", str(tmp_path / "z.pt")],

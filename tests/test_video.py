@@ -185,7 +185,7 @@ def test_bad_inputs(tmp_path, tiny_checkpoint, clips):
         run_pipeline(clips["faces"], tmp_path / "missing.pt", tmp_path / "o.mp4")
     with pytest.raises(VideoError, match="needs --yunet-model"):
         create_detector("yunet")
-    with pytest.raises(ValueError, match="unknown smoother"):
+    with pytest.raises(ValueError, match="--smoother kalman .*one of ema, hysteresis"):
         run_pipeline(clips["faces"], tiny_checkpoint, tmp_path / "o.mp4", smoother="kalman")
     with pytest.raises(VideoError, match="no frame could be read at 5.0 s"):
         run_pipeline(clips["faces"], tiny_checkpoint, tmp_path / "o.mp4", start=5.0)
