@@ -231,6 +231,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     out = Path(args.out)
     csv_path, json_path, ann = out / "faces.csv", out / "faces.json", out / "annotated"
     targets = [csv_path] + [json_path] * args.json + [ann] * args.annotate

@@ -131,7 +131,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     check_output_path(args.out, "out", overwrite=args.overwrite)
-    if min(args.per_class) < 1:
+    if min(args.per_class) < 1 or args.seed < 0:
         raise UserError(f"--per-class {' '.join(map(str, args.per_class))}: each split needs at least 1 face per class")
     print(SYNTHETIC_NOTICE)
     print("wrote", write_synthetic_h5(args.out, tuple(args.per_class), args.seed))

@@ -817,6 +817,8 @@ def export_trial(study: optuna.Study, number: int, out, final: bool = False) -> 
 
 def run(args) -> int:
     cfg = dataclass_from_arguments(args, TuneConfig, read_config(args.config).get("tune", {}) if args.config else {})
+    if args.threads is not None and args.threads < 1 or args.worker < 0:
+        raise UserError(f"--threads {args.threads} / --worker {args.worker}: threads at least 1, worker at least 0")
     if args.status:
         print_status(load_existing(args.storage, args.out, cfg.study_name), cfg, args.out)
         return 0

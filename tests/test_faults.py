@@ -115,6 +115,9 @@ REFUSED = {  # (argv, words of the message): exit 2, nothing written or changed
                               ["--tta mirror", "unknown TTA"]),
     "ensemble --storage int4": (lambda w: ["ensemble", w / "good.pt", "--out", w / "e.pt", "--storage", "int4"],
                                 ["--storage", "one of"]),
+    "predict --batch-size 0": (lambda w: ["predict", w / "photos", "--batch-size", "0", "--checkpoint", w / "good.pt",
+                                          "--out", w / "pred"], ["--batch-size 0", "at least 1"]),
+    "tune --threads 0": (lambda w: ["tune", "--data", w / "good.h5", "--out", w / "tune", "--threads", "0"], ["--threads 0"]),
     "synthetic --per-class 0": (lambda w: ["synthetic", w / "new.h5", "--per-class", "0", "1", "1"], ["--per-class"]),
 }
 
