@@ -27,23 +27,29 @@ TEXT_SUFFIXES = (".json", ".md", ".html", ".ipynb", ".csv", ".txt")
 
 # ----------------------------------------------------------------------------- relative paths
 
-def relative_paths(text: str, root) -> str:
-    """`text` with every absolute path under `root` (the checkout that made the run) written relative to
-    it, and paths beside it (the shared data) as ../: `/w/repo/runs/x.h5` -> `runs/x.h5`."""
-    root = str(Path(root))
-    parent = str(Path(root).parent)
-    text = re.sub(re.escape(root) + r"(?![\w.-])", ".", text.replace(root + "/", ""))  # the root itself: "."
-    return text.replace(parent + "/", "../") if parent != "/" else text
+def relative_paths(text: str, root, names: dict | None = None) -> str:
+    """`text` with every absolute path under `root` (the checkout that made the run) written relative to it,
+    and each path in `names` ({absolute path: what to write}, e.g. {"/data/archive.zip": "archive.zip"}) as
+    named there, the longest first: `/w/repo/runs/x.h5` -> `runs/x.h5`, the root itself `.`."""
+    names = {**(names or {}), **({str(Path(root)): "."} if root else {})}
+    for prefix in sorted(names, key=len, reverse=True):
+        if prefix in ("", "/"):
+            continue
+        to = names[prefix]
+        start = r"(?<![\w.-])" + re.escape(prefix)   # a whole path, not the tail of a longer one
+        text = re.sub(start + "/", lambda m: "" if to == "." else to + "/", text)
+        text = re.sub(start + r"(?![\w.-])", lambda m: to, text)
+    return text
 
 
-def relativize_report(report_dir, root) -> list[str]:
+def relativize_report(report_dir, root, names: dict | None = None) -> list[str]:
     """Rewrite the report's text files (manifest, JSON, executed notebooks, CSV) so that no absolute path
-    of `root` (the run's checkout) or its parent remains; returns the files changed."""
+    of `root` (the run's checkout) or of `names` remains (relative_paths); returns the files changed."""
     changed = []
     for path in sorted(Path(report_dir).rglob("*")):
         if path.suffix in TEXT_SUFFIXES and path.is_file():
             old = path.read_text(errors="surrogateescape")
-            new = relative_paths(old, root)
+            new = relative_paths(old, root, names)
             if new != old:
                 write_atomic(path, new.encode(errors="surrogateescape"))
                 changed.append(path.relative_to(report_dir).as_posix())
@@ -51,9 +57,11 @@ def relativize_report(report_dir, root) -> list[str]:
 
 
 def run_root(manifest: dict):
-    """The checkout a run was made in: recorded by fer study, or the report folder's grandparent."""
-    if manifest.get("root"):
-        return manifest["root"]
+    """The checkout a run was made in, if the report still names it: recorded by fer study (until its paths
+    were made relative, "."), or the report folder's grandparent."""
+    root = manifest.get("root")
+    if root:
+        return root if Path(root).is_absolute() else None
     rd = manifest.get("report_dir") or ""
     return str(Path(rd).parents[1]) if Path(rd).is_absolute() and len(Path(rd).parts) > 2 else None
 
@@ -271,6 +279,9 @@ def _provenance(m: dict) -> list[tuple[str, str]]:
         facts.append(("code changed during the run", ", ".join(m["code_changed"])))
     if m.get("error"):
         facts.append(("error", m["error"]))
+    if m.get("interrupted"):
+        i = m["interrupted"]
+        facts.append(("interrupted", f"by {i.get('signal')} during {i.get('step')} at {i.get('at')}"))
     return facts
 
 
@@ -283,6 +294,7 @@ def build(report_dir, manifest: dict) -> tuple[str, str]:
     head = headline(rd, m)
     found = []
     for nb in m["notebooks"]:
+        nb = {**nb, "html": nb.get("html") or nb.get("ipynb") or "manifest.json"}  # a stopped one: its partial
         f = FINDINGS.get(nb["name"][:2])
         got = f(rd, m) if f and nb["status"] == "ok" else None
         found.append((nb, got))
@@ -339,14 +351,15 @@ def write_index(report_dir, manifest: dict) -> None:
     write_atomic(Path(report_dir) / "index.html", page)
 
 
-def reindex(report_dir) -> list[str]:
-    """Rebuild a finished run's front page: paths made relative, executed notebooks tidied (study.tidy_outputs)
-    and their pages re-rendered, the index rewritten. Returns the files whose paths changed."""
+def reindex(report_dir, names: dict | None = None) -> list[str]:
+    """Rebuild a finished run's front page: paths made relative (and those of `names` renamed, see
+    relative_paths), executed notebooks tidied (tidy_outputs) and their pages re-rendered, the index
+    rewritten. Returns the files whose paths changed."""
     rd = Path(report_dir)
     if not (rd / "manifest.json").is_file():
         raise UserError(f"--reindex {rd}: no manifest.json there (not a fer study report)")
     root = run_root(json.loads((rd / "manifest.json").read_text()))
-    changed = relativize_report(rd, root) if root else []
+    changed = relativize_report(rd, root, names) if root or names else []
     for nb in sorted(rd.glob("[0-9][0-9]_*.ipynb")):
         if tidy_notebook(nb) or nb.relative_to(rd).as_posix() in changed or not nb.with_suffix(".html").exists():
             render_html(nb, nb.with_suffix(".html"))

@@ -9,6 +9,9 @@
 Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for
 readers go to reports/<run>/ (executed .ipynb, code-hidden .html, index.html/.md,
 manifest.json); bulky artifacts (HDF5, checkpoints, Optuna storage) to runs/study/<run>/.
+A lock in both folders keeps a second study out while one runs there. Ctrl-C or SIGTERM stops
+the kernel, leaves the running notebook under its partial name (.partial-NN_name.ipynb) and
+the manifest at "interrupted", with the step and the time.
 """
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
+import weakref
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import nbformat
@@ -29,7 +37,7 @@ from .environment import describe_environment
 from .errors import UserError
 from .frontpage import reindex, render_html, tidy_notebook
 from .models import LIVE_MODEL
-from .io import mask_url, split_url_password, write_atomic
+from .io import mask_url, partial_path, pid_alive, split_url_password, write_atomic
 from .progress import ENV as PROGRESS_ENV
 from .report import describe_data, describe_git
 
@@ -57,6 +65,139 @@ class StudyError(UserError):
 
 class NotebookFailed(RuntimeError):
     """A notebook of the study raised; the message names it, its cell and its report (exit 1)."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a study: a KeyboardInterrupt, so that papermill and nbclient unwind as
+    for Ctrl-C; `step` is the notebook it stopped (exit 128 + the signal's number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step, self.manifest = signum, None, None
+
+
+# ----------------------------------------------------------------------------- one study per run folder
+
+LOCK = ".fer-study.lock"
+
+
+def _read_lock(path: Path):
+    """The lock's {host, pid, since}; None when there is none, {} when it is not ours to read."""
+    try:
+        held = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+@contextmanager
+def lock_run(folder):
+    """Hold FOLDER/.fer-study.lock (host and pid) while a study writes there. A second study is refused,
+    naming the process that holds it; a lock left by a dead process of this host is taken over."""
+    folder = Path(folder)
+    lock, me = folder / LOCK, {"host": socket.gethostname(), "pid": os.getpid(), "since": now()}
+    tmp = partial_path(lock)
+    tmp.write_text(json.dumps(me))
+    try:
+        for _ in range(5):
+            try:
+                os.link(tmp, lock)  # atomic: exactly one study creates it, whole
+                break
+            except FileExistsError:
+                held = _read_lock(lock)
+            if held is None:
+                continue   # released meanwhile
+            pid = held.get("pid")
+            if held.get("host") == me["host"] and isinstance(pid, int) and pid != me["pid"] and not pid_alive(pid):
+                aside = partial_path(lock)
+                try:
+                    os.rename(lock, aside)  # only one taker can move it
+                except FileNotFoundError:
+                    continue
+                if _read_lock(aside) != held:  # a live study took it over first: give it back
+                    os.replace(aside, lock)
+                    continue
+                aside.unlink()
+                print(f"fer study: {folder}: took over the lock of pid {pid}, which no longer runs", flush=True)
+                continue
+            raise StudyError(f"{folder}: a study is running there (pid {pid} on {held.get('host', '?')}, since "
+                             f"{held.get('since', '?')}); wait for it to end, or give another --run"
+                             + ("" if held.get("host") in (None, me["host"]) else
+                                f" (remove {lock} if no study runs on {held['host']})"))
+        else:
+            raise StudyError(f"{folder}: could not take {LOCK}: other studies keep taking it")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == me:
+            lock.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- stopping a study
+
+_stopping = threading.Event()     # set by the first SIGINT/SIGTERM: kernels are killed, not asked to stop
+_kernels = weakref.WeakSet()      # the kernel managers this process started
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM raise StudyInterrupted, once; a second signal while the study winds down (kernel
+    killed, manifest written) is ignored, so that nothing is left half-written. A signal the caller ignores
+    (nohup, a background job of a script) stays ignored; the handlers are restored on exit."""
+    def handler(signum, frame):
+        if not _stopping.is_set():
+            _stopping.set()
+            raise StudyInterrupted(signum)
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                old[sig] = signal.signal(sig, handler)
+    _stopping.clear()
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        _stopping.clear()
+
+
+_KM_CLASS = None
+
+
+def kernel_manager_class():
+    """papermill's kernel manager, but a stopped study's kernel is killed at once (SIGKILL to its process
+    group). The graceful shutdown nbclient asks for interrupts the running cell, then closes the kernel's
+    sockets under its reply: the kernel prints ZMQ tracebacks on the study's terminal."""
+    global _KM_CLASS
+    if _KM_CLASS is None:
+        from jupyter_client.manager import AsyncKernelManager
+
+        class StudyKernelManager(AsyncKernelManager):
+            async def start_kernel(self, **kw):
+                _kernels.add(self)  # a kernel started while the study is stopped is still found and killed
+                await super().start_kernel(**kw)
+
+            async def shutdown_kernel(self, now=False, restart=False):
+                await super().shutdown_kernel(now=now or _stopping.is_set(), restart=restart)
+        _KM_CLASS = StudyKernelManager
+    return _KM_CLASS
+
+
+def kill_kernels() -> int:
+    """Kill the kernels this process started that still run (one interrupted while it started is not
+    shut down by nbclient); returns how many."""
+    from jupyter_core.utils import run_sync
+    killed = 0
+    for km in list(_kernels):
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
+            killed += 1
+    return killed
 
 
 # ----------------------------------------------------------------------------- notebooks and parameters
@@ -162,19 +303,29 @@ def plan_study(notebooks, overrides: dict, **wiring) -> dict:
 
 # ----------------------------------------------------------------------------- running and rendering
 
+def partial_notebook(out: Path) -> Path:
+    """Where a notebook is written while it runs; one that was stopped stays there."""
+    return out.with_name(f".partial-{out.name}")
+
+
 def execute_notebook(nb: Path, out: Path, parameters: dict, cwd: Path) -> None:
-    """papermill into a partial file, renamed when done (also on failure, to show the error)."""
+    """papermill into a partial file, renamed when done or failed (its error shown); a stopped notebook
+    (KeyboardInterrupt) keeps its partial name, so that it never looks complete."""
     import papermill
     logging.getLogger("papermill").setLevel(logging.ERROR)  # we check parameters; it would warn per notebook
-    partial = out.with_name(f".partial-{out.name}")
+    partial = partial_notebook(out)
     os.environ[PROGRESS_ENV] = "0"  # no one watches a headless kernel's bars; its notebook keeps no empty stripes
     try:
         papermill.execute_notebook(str(nb), str(partial), parameters=parameters, cwd=str(cwd), progress_bar=False,
+                                   kernel_manager_class=kernel_manager_class(),
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP warning per kernel
-    finally:
+    except Exception:
         if partial.exists():
             tidy_notebook(partial)
             os.replace(partial, out)
+        raise
+    tidy_notebook(partial)
+    os.replace(partial, out)
 
 
 # Neither FER-2013 nor a user's video clip may be redistributed, so a report meant for publishing
@@ -240,11 +391,44 @@ def hide_passwords(overrides: dict) -> dict:
     return clean
 
 
+def _under(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def machine_paths(out_root: Path, work_root: Path, files) -> dict:
+    """{absolute path: what the report writes instead}, so that no report names a folder of this machine:
+    the checkout is made relative by frontpage.relative_paths; --out and --work outside it become $OUT and
+    $WORK; a data file outside them (the archive, a clip) its file name (its sha256 is in the manifest); the
+    Python installation, in tracebacks and warnings, $PYTHON; the home folder ~."""
+    names = {}
+    for folder, name in ((out_root, "$OUT"), (work_root, "$WORK")):
+        if not _under(folder, ROOT):
+            names.setdefault(str(folder), name)
+    for f in files:
+        if f and not any(_under(f, Path(k)) for k in (str(ROOT), *names)):
+            names[str(f)] = f.name
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        if not _under(Path(prefix), ROOT) and Path(prefix) != Path("/"):
+            names.setdefault(prefix, "$PYTHON")
+    home = Path.home()
+    if home != Path("/") and not _under(ROOT, home):
+        names.setdefault(str(home), "~")
+    return names
+
+
+def _clear_report(report_dir: Path) -> None:
+    """Everything of an earlier report, but the lock this study holds."""
+    for p in report_dir.iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="reports",
               work="runs/study", h5: str | None = None, overrides: dict | None = None,
               only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None, faces: bool = True) -> dict:
-    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure.
-    faces=False leaves FER-2013's faces out of the report (leave_out_faces), for publishing it."""
+    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure,
+    StudyInterrupted on SIGINT/SIGTERM (the manifest then says "interrupted"). faces=False leaves
+    FER-2013's faces out of the report (leave_out_faces), for publishing it."""
     kind = "real" if source else "synthetic"
     run = run or f"{Path(str(profile)).stem}-{kind}"  # a profile may be given as its .yaml file
     report_dir, work_dir = (Path(out) / run).resolve(), (Path(work) / run).resolve()
@@ -260,29 +444,72 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the checkpoint notebook 02 trained in this run"
     notebooks = list_notebooks(notebooks_dir, only)
     overrides = hide_passwords(overrides or {})
+    video = str(Path(video).resolve()) if video and not video.isdigit() else video
     plan = plan_study(notebooks, overrides or {}, profile=profile, report_dir=str(report_dir),
-                      work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint,
-                      video=str(Path(video).resolve()) if video and not video.isdigit() else video)
-    # A full rerun rewrites the report (made from the runs), but never deletes a run: notebook 02 resumes or
-    # returns its finished training of the same configuration and refuses another; notebook 03 resumes its
-    # study. A different recipe needs a new --run.
-    if not only and (report_dir / "manifest.json").exists():
-        shutil.rmtree(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
+                      work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint, video=video)
+    inputs = [Path(f) for f in (source, h5, video) if f and not f.isdigit()]  # the files the report names
+    names = machine_paths(Path(out).resolve(), Path(work).resolve(), inputs)
+    with ExitStack() as held:
+        for folder in dict.fromkeys((report_dir, work_dir)):  # before anything there is touched, --only too
+            folder.mkdir(parents=True, exist_ok=True)
+            held.enter_context(lock_run(folder))
+        held.enter_context(stop_on_signals())
+        # A full rerun rewrites the report (made from the runs), but never deletes a run: notebook 02 resumes
+        # or returns its finished training of the same configuration and refuses another; notebook 03 resumes
+        # its study. A different recipe needs a new --run.
+        if not only and (report_dir / "manifest.json").exists():
+            _clear_report(report_dir)
+        if not source:
+            print(SYNTHETIC_BANNER, flush=True)
+        from .data import source_sha256
+        from .profiles import STEPS, load_profile
+        recipe = {step: dataclasses.asdict(cfg)  # what every step ran with: the profile and the -p overrides
+                  for step, cfg in load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}).items()}
+        manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
+                    "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
+                    "checkpoint": {"path": checkpoint, "why": why}, "root": str(ROOT),
+                    "report_dir": str(report_dir), "work_dir": str(work_dir),
+                    "argv": [mask_url(a) for a in sys.argv], "overrides": overrides or {}, "recipe": recipe,
+                    "git": describe_git(), "environment": describe_environment(), "seeds": {}, "notebooks": [],
+                    # the files outside the checkout that the report names by file name only
+                    "files_outside": {Path(k).name: source_sha256(k) for k in names
+                                      if Path(k) in inputs and Path(k).exists()}}
+        t_study, failure, stopped = time.time(), None, None
+        try:
+            failure = _run_notebooks(notebooks, plan, manifest, report_dir)
+        except StudyInterrupted as e:
+            stopped = e
+            kill_kernels()
+            entry = manifest["notebooks"][-1] if manifest["notebooks"] else {"name": None, "status": None}
+            e.step, e.manifest = entry["name"], report_dir / "manifest.json"
+            if entry["status"] == "running":
+                partial = partial_notebook(report_dir / entry["ipynb"])
+                started = datetime.datetime.fromisoformat(entry["start"]).timestamp()
+                entry.update(status="interrupted", end=now(), wall_s=round(time.time() - started, 1),
+                             ipynb=partial.name if partial.exists() else None, html=None)
+            manifest["interrupted"] = {"step": e.step, "signal": str(e), "at": now()}
+            print(f"[study] {e} during {e.step}: stopped", flush=True)
+        if not faces:  # before the manifest's last write, which then keeps the list
+            manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
+        manifest["data"].update(describe_data(h5))
+        manifest.update(status="interrupted" if stopped else "failed" if failure else "ok", end=now(),
+                        wall_s=round(time.time() - t_study, 1))
+        if failure:
+            manifest["error"] = failure
+        write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        reindex(report_dir, names)  # the front page; no absolute path of this machine left in the report
+        if stopped:
+            raise stopped
     if not source:
         print(SYNTHETIC_BANNER, flush=True)
-    from .profiles import STEPS, load_profile
-    recipe = {step: dataclasses.asdict(cfg)  # what every step ran with: the profile and the -p overrides
-              for step, cfg in load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}).items()}
-    manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
-                "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
-                "checkpoint": {"path": checkpoint, "why": why}, "root": str(ROOT), "report_dir": str(report_dir),
-                "work_dir": str(work_dir), "argv": [mask_url(a) for a in sys.argv],
-                "overrides": overrides or {}, "recipe": recipe, "git": describe_git(),
-                "environment": describe_environment(), "seeds": {}, "notebooks": []}
-    t_study = time.time()
-    failure = None
+    if failure:
+        raise NotebookFailed(f"{failure}\n  see {report_dir / (manifest['notebooks'][-1]['name'] + '.html')} "
+                             f"and {report_dir / 'manifest.json'}")
+    return manifest
+
+
+def _run_notebooks(notebooks, plan, manifest, report_dir: Path) -> str | None:
+    """Each notebook in turn, recorded in the manifest as it starts and ends; the first failure's line."""
     for i, nb in enumerate(notebooks, 1):
         params = {**read_parameters(nb), **plan[nb.stem]}
         entry = {"name": nb.stem, "status": "running", "passed": plan[nb.stem], "parameters": params,
@@ -297,7 +524,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
             manifest.setdefault("code_changed", []).append(nb.stem)
             print(f"WARNING: fer_lib in {entry['git']['root']} changed since the study started; "
                   f"{nb.stem} runs with different code (recorded in the manifest)", flush=True)
-        t0 = time.time()
+        t0, failure = time.time(), None
         try:
             execute_notebook(nb, report_dir / entry["ipynb"], plan[nb.stem], cwd=nb.parent)
             entry["status"] = "ok"
@@ -311,20 +538,8 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
             render_html(report_dir / entry["ipynb"], report_dir / entry["html"])
         print(f"[study {i}/{len(notebooks)}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
         if failure:
-            break
-    if not faces:  # before the manifest's last write, which then keeps the list
-        manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
-    manifest["data"].update(describe_data(h5))
-    manifest.update(status="failed" if failure else "ok", end=now(), wall_s=round(time.time() - t_study, 1))
-    if failure:
-        manifest["error"] = failure
-    write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
-    reindex(report_dir)  # the front page; this checkout's absolute paths made relative
-    if not source:
-        print(SYNTHETIC_BANNER, flush=True)
-    if failure:
-        raise NotebookFailed(f"{failure}\n  see {report_dir / (nb.stem + '.html')} and {report_dir / 'manifest.json'}")
-    return manifest
+            return failure
+    return None
 
 
 # ----------------------------------------------------------------------------- nbval references
@@ -406,12 +621,15 @@ def run(args) -> int:
                 print("wrote", ref)
             return 0
         if args.reindex:
-            changed = reindex(args.reindex)
+            with lock_run(args.reindex) if Path(args.reindex).is_dir() else nullcontext():  # not under a study
+                changed = reindex(args.reindex)
             print(f"wrote {Path(args.reindex) / 'index.html'}" + (f"; paths made relative in {len(changed)} files"
                                                                    if changed else ""))
             return 0
         if args.leave_out_faces:
-            for what in leave_out_faces(args.leave_out_faces, args.notebooks):
+            with lock_run(args.leave_out_faces) if Path(args.leave_out_faces).is_dir() else nullcontext():
+                removed = leave_out_faces(args.leave_out_faces, args.notebooks)
+            for what in removed:
                 print("left out", what)
             return 0
         m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
@@ -419,5 +637,9 @@ def run(args) -> int:
     except NotebookFailed as e:
         print(f"fer study: error: {e}", file=sys.stderr)
         return 1
+    except StudyInterrupted as e:  # one line, as for any stop; what ran is in the manifest
+        where = f"; the manifest says so: {e.manifest}" if e.manifest else ""
+        print(f"fer study: interrupted by {e}" + (f" during {e.step}" if e.step else "") + where, file=sys.stderr)
+        return 128 + e.signum
     print(f"study {m['run']} ok in {m['wall_s']:.0f} s: {Path(m['report_dir']) / 'index.html'}")
     return 0

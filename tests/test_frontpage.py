@@ -1,9 +1,12 @@
 """The study's front page, built from the committed full study's own files, and paths made relative."""
 import json
 import re
+import subprocess
 from pathlib import Path
 
-from fer_lib.frontpage import build, relative_paths, relativize_report
+import pytest
+
+from fer_lib.frontpage import build, relative_paths, relativize_report, run_root
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "reports" / "full-real"
@@ -28,10 +31,22 @@ def test_the_front_page_reads_its_numbers_from_the_run():
     assert not ABSOLUTE.search(md) and not ABSOLUTE.search(page)
 
 
+def committed_reports() -> list[Path]:
+    """The report files git tracks: a local study's reports/smoke-*/ (ignored) is no committed report."""
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "reports"], cwd=ROOT, capture_output=True, check=True,
+                               text=True).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: which reports are committed is unknown")
+    return [ROOT / n for n in names if n]
+
+
 def test_no_machine_path_in_any_committed_report():
     found = []
-    for path in sorted((ROOT / "reports").rglob("*")):
-        if path.is_file() and path.suffix in (".json", ".md", ".html", ".ipynb", ".csv", ".txt"):
+    paths = committed_reports()
+    assert FULL / "manifest.json" in paths
+    for path in paths:
+        if path.suffix in (".json", ".md", ".html", ".ipynb", ".csv", ".txt"):
             for m in ABSOLUTE.finditer(path.read_text(errors="replace")):
                 found.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
     assert not found, found[:10]
@@ -40,9 +55,12 @@ def test_no_machine_path_in_any_committed_report():
 def test_relative_paths(tmp_path):
     root = "/w/fullrun"
     text = ('{"h5": "/w/fullrun/runs/study/x.h5", "src": "/w/shared/fer2013/archive.zip", "root": "/w/fullrun", '
-            '"other": "/w/fullrun2/y", "keep": "/opt/elsewhere"}')
-    assert relative_paths(text, root) == ('{"h5": "runs/study/x.h5", "src": "../shared/fer2013/archive.zip", '
-                                          '"root": ".", "other": "../fullrun2/y", "keep": "/opt/elsewhere"}')
+            '"other": "/w/fullrun2/y", "work": "/scratch/runs/r/train", "tail": "/x/scratch/runs/r", "keep": "/opt/e"}')
+    names = {"/w/shared/fer2013/archive.zip": "archive.zip", "/scratch/runs": "$WORK"}
+    assert relative_paths(text, root, names) == (
+        '{"h5": "runs/study/x.h5", "src": "archive.zip", "root": ".", "other": "/w/fullrun2/y", '
+        '"work": "$WORK/r/train", "tail": "/x/scratch/runs/r", "keep": "/opt/e"}')
+    assert run_root({"root": "."}) is None and run_root({"root": "/w/fullrun"}) == "/w/fullrun"  # made relative
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "a.json").write_text(f'["{tmp_path}/runs/a"]')
     (tmp_path / "r" / "b.png").write_bytes(str(tmp_path).encode())   # figures are not rewritten
@@ -53,7 +71,7 @@ def test_relative_paths(tmp_path):
 def test_committed_notebook_reports_have_no_blank_outputs():
     """A progress bar that cleared itself is drawn by JupyterLab as an empty stripe; none is kept."""
     import nbformat
-    for path in sorted((ROOT / "reports").rglob("[0-9][0-9]_*.ipynb")):
+    for path in (p for p in committed_reports() if re.fullmatch(r"\d\d_.*\.ipynb", p.name)):
         nb = nbformat.read(str(path), as_version=4)
         blank = [i for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
                  if o.output_type == "stream" and not o.text.strip()]

@@ -1,4 +1,5 @@
 """fer study on two stand-in notebooks (tests/fixtures/notebooks), and nbval catching a changed output."""
+import hashlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ def test_parse_overrides_literals_then_strings():
 def test_read_parameters_and_a_bad_parameters_cell(tmp_path):
     assert read_parameters(STUBS / "02_use_stub.ipynb") == {
         "profile": "full", "h5_path": "../runs/stub/stub.h5", "run_dir": "../runs/stub/train",
-        "report_dir": "../reports/latest", "epochs": None, "fail": False, "storage": ""}
+        "report_dir": "../reports/latest", "epochs": None, "fail": False, "storage": "", "wait_s": 0}
     nb = nbformat.read(str(STUBS / "01_make_stub.ipynb"), as_version=4)
     nb.cells[1].source += "\nseed = int('3')  # not a literal"
     nbformat.write(nb, str(tmp_path / "01_bad.ipynb"))
@@ -73,9 +74,12 @@ def test_study_writes_notebooks_html_manifest_and_index(stub_study):
     assert [n["name"] for n in m["notebooks"]] == ["01_make_stub", "02_use_stub"]
     assert all(n["status"] == "ok" and n["wall_s"] > 0 for n in m["notebooks"])
     assert m["notebooks"][1]["parameters"]["epochs"] == 3 and m["notebooks"][1]["parameters"]["fail"] is False
-    assert m["notebooks"][1]["passed"]["run_dir"] == str(work / "train")
+    # --work outside the checkout is named $WORK: no folder of this machine in the report, wherever it sits
+    assert m["notebooks"][1]["passed"]["run_dir"] == "$WORK/smoke-synthetic/train"
+    assert m["work_dir"] == "$WORK/smoke-synthetic" and m["report_dir"] == "$OUT/smoke-synthetic"
     assert m["environment"]["packages"]["torch"].startswith("2.") and m["git"]["commit"]
-    assert m["checkpoint"]["path"] == str(work / "train" / "best.pt")   # synthetic: 02's own checkpoint
+    assert m["checkpoint"]["path"] == "$WORK/smoke-synthetic/train/best.pt"   # synthetic: 02's own checkpoint
+    assert m["root"] == "." and not (report / ".fer-study.lock").exists() and not (work / ".fer-study.lock").exists()
     html = (report / "01_make_stub.html").read_text()
     assert "classes: 7" in html and "write_synthetic_h5(" not in html     # outputs shown, code hidden
     executed = nbformat.read(str(report / "02_use_stub.ipynb"), as_version=4)
@@ -84,6 +88,28 @@ def test_study_writes_notebooks_html_manifest_and_index(stub_study):
     assert "**[01_make_stub](01_make_stub.html)**" in index and "SYNTHETIC DATA" in index
     assert "(ok; no summary file)" in index  # the stand-ins write none of the study's summary files
     assert "href='02_use_stub.html'" in (report / "index.html").read_text()
+
+
+def test_no_report_names_a_folder_of_this_machine(tmp_path):
+    """The checkout made relative, --out/--work outside it $OUT/$WORK, a data file outside by name and sha256."""
+    data = tmp_path / "elsewhere" / "faces.zip"
+    data.parent.mkdir()
+    data.write_bytes(b"stands in for FER-2013")
+    assert main(["study", "--notebooks", str(STUBS), "--data", str(data), "--out", str(tmp_path / "reports"),
+                 "--work", str(tmp_path / "runs"), "--only", "01"]) == 0
+    report = tmp_path / "reports" / "smoke-real"
+    m = json.loads((report / "manifest.json").read_text())
+    assert m["data"]["kind"] == "real" and m["data"]["h5"] == "$WORK/smoke-real/fer2013.h5"  # source: the HDF5's
+    assert m["files_outside"] == {"faces.zip": hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert m["checkpoint"]["path"].startswith("models/") and m["root"] == "."
+    assert m["notebooks"][0]["passed"]["source"] == "faces.zip"
+    assert "source: faces.zip" in (report / "01_make_stub.ipynb").read_text()   # a kernel's output too
+    absolute = re.compile(r"(?<![\w.~-])/(?:work|root|home|tmp|Users|mnt|opt|var)/")
+    for path in sorted(p for p in report.rglob("*") if p.is_file()):
+        text = path.read_text(errors="replace")
+        for folder in (str(tmp_path), str(ROOT), sys.prefix):
+            assert folder not in text, f"{path.name} names {folder}"
+        assert not absolute.search(text), f"{path.name}: {absolute.search(text).group(0)}"
 
 
 def test_failing_notebook_is_named_and_recorded(stub_study, tmp_path, capsys):
