@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# This file is named onnx.py: with its folder first on sys.path, `import onnx` would import it again.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "FER_PROGRESS": "0"}
 
 
