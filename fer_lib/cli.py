@@ -2,7 +2,8 @@
 
     fer preprocess SOURCE --out data/fer2013.h5
     fer train --data data/fer2013.h5 --model vgg_small
-    fer tune | ensemble | quantize | evaluate | predict | video | stream | synthetic | study | report ...  (fer CMD --help)
+    fer tune | ensemble | quantize | export | models | evaluate | predict | video | stream | synthetic | study | report
+    fer CMD --help
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ COMMANDS = {
     "tune": ("fer_lib.tune", "Optuna hyper-parameter search on PublicTest"),
     "ensemble": ("fer_lib.ensemble", "average trained checkpoints into one, chosen on PublicTest"),
     "quantize": ("fer_lib.quantize", "int8 inference for a checkpoint, calibrated on Training faces"),
+    "export": ("fer_lib.export", "a checkpoint to ONNX (uint8 faces in, probabilities out), optionally int8"),
+    "models": ("fer_lib.assets", "the live model's card: its data, accuracy, input and limits"),
     "evaluate": ("fer_lib.evaluate", "metrics, calibration and figures for a checkpoint"),
     "predict": ("fer_lib.predict", "emotions of the faces in photos and folders"),
     "video": ("fer_lib.video", "emotion overlay on a video file or webcam"),

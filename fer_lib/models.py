@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assets import LIVE_MODEL, find_asset
 from .errors import UserError
 
 _MODELS: dict = {}
@@ -244,10 +245,7 @@ def summarize_models(names=None, **kwargs) -> list[dict]:
 # ----------------------------------------------------------------------------- checkpoints
 
 CHECKPOINT_VERSION = 1
-# The live model: what `fer video`, `fer predict` and notebooks 04/05 use unless told otherwise. The single
-# network with the best int8 PublicTest (fer quantize) that runs Megamind at 2x real time or more on a 2-core
-# AVX2 CPU (README, "int8: the live model").
-LIVE_MODEL = "models/vgg_crop44_int8_fer2013.pt"
+# LIVE_MODEL (imported from assets, which finds its file in a wheel too) stays models.LIVE_MODEL for the callers.
 
 
 CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict", "mean", "std", "class_names")
@@ -412,12 +410,11 @@ class Classifier:
 
 
 def resolve_checkpoint(path=None) -> Path:
-    """`path`, or the live model when None: LIVE_MODEL under the working folder, else under this
-    checkout (notebooks run in notebooks/). UserError when the file is missing."""
+    """`path`, or the live model when None: LIVE_MODEL under the working folder, else in the installed
+    package or this checkout (notebooks run in notebooks/). UserError when the file is missing."""
     if path is None:
-        here = Path(LIVE_MODEL)
-        path = here if here.is_file() else Path(__file__).resolve().parents[1] / LIVE_MODEL
-        if not path.is_file():
+        path = find_asset(LIVE_MODEL)
+        if path is None:
             raise UserError(f"{LIVE_MODEL}: the default live model is missing; give --checkpoint")
     if not Path(path).is_file():
         raise UserError(f"{path}: no such checkpoint file")

@@ -25,8 +25,8 @@ import numpy as np
 from .errors import UserError, check_output_path, inside
 from .flags import check_settings, setting
 from .io import write_atomic
-from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
 from .progress import bar
+from .runtime import BACKENDS, LIVE_MODEL, choose_backend, load_classifier, resolve_model_file
 from .video import create_detector, crop_face, draw_face_label
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -51,15 +51,17 @@ class DetectConfig:
 
 
 @lru_cache(maxsize=4)
-def _cached_model(path: str) -> Classifier:
-    return load_model(path)
+def _cached_model(path: str, backend: str):
+    return load_classifier(path, backend)
 
 
-def as_classifier(checkpoint=None) -> Classifier:
-    """A Classifier, a checkpoint path, or None for the live model (each path loaded once)."""
-    if isinstance(checkpoint, Classifier):
+def as_classifier(checkpoint=None, backend: str = "auto"):
+    """A Classifier (or OnnxClassifier), a checkpoint path, or None for the live model (each path loaded once);
+    backend torch, onnx or auto (runtime.choose_backend)."""
+    if hasattr(checkpoint, "predict_proba"):
         return checkpoint
-    return _cached_model(str(resolve_checkpoint(checkpoint).resolve()))
+    backend = choose_backend(checkpoint, backend)
+    return _cached_model(str(resolve_model_file(checkpoint, backend).resolve()), backend)
 
 
 def read_image(path) -> np.ndarray:
@@ -96,12 +98,12 @@ def _face_dicts(boxes, proba, class_names) -> list[dict]:
              "label": class_names[int(p.argmax())], "confidence": float(p.max())} for b, p in zip(boxes, proba)]
 
 
-def detect_emotions(image, checkpoint=None, **detect_kwargs) -> list[dict]:
+def detect_emotions(image, checkpoint=None, backend: str = "auto", **detect_kwargs) -> list[dict]:
     """Faces in one image (a path, or a uint8 array: grayscale, or BGR as OpenCV reads it), each a dict with
     box (x, y, w, h), proba {class name: probability}, label and confidence; largest face first.
 
     detect_kwargs are DetectConfig fields, e.g. detect=False for an image that already is a face."""
-    clf = as_classifier(checkpoint)
+    clf = as_classifier(checkpoint, backend)
     cfg = DetectConfig(**detect_kwargs)
     img = read_image(image) if isinstance(image, (str, Path)) else np.asarray(image)
     if img.dtype != np.uint8 or img.ndim not in (2, 3):
@@ -134,14 +136,14 @@ def list_images(paths, exclude=None, warn=None) -> list[tuple[Path, Path]]:
 
 
 def predict_files(paths, checkpoint=None, cfg: DetectConfig | None = None, batch_size: int = 256,
-                  annotate_dir=None, progress: bool = True, warn=None, exclude=None) -> dict:
+                  annotate_dir=None, progress: bool = True, warn=None, exclude=None, backend: str = "auto") -> dict:
     """Classify every face of every image under `paths`, `batch_size` faces per forward pass.
 
     Returns {"rows": CSV rows (dicts of COLUMNS), "images": [{"file", "faces": [...]}], "unreadable":
     [(file, reason)], "n_images", "n_faces", "no_face"}. Unreadable files are passed to warn(file, reason)
     and skipped. With annotate_dir, a copy of each image with its boxes and labels is written there.
     Files under `exclude` (the output folder) are never read."""
-    clf, cfg = as_classifier(checkpoint), cfg or DetectConfig()
+    clf, cfg = as_classifier(checkpoint, backend), cfg or DetectConfig()
     detect = make_detector(cfg) if cfg.detect else None
     images, unreadable, pending = [], [], []  # pending: (image index, image, boxes, crops) awaiting a batch
     used_names = set()
@@ -224,6 +226,9 @@ def add_arguments(p) -> None:
                    help="each image is one aligned face (like FER-2013's): no detection")
     p.add_argument("--overwrite", action="store_true", help="replace the results OUT already holds")
     p.add_argument("--batch-size", type=int, default=256, help="faces per forward pass (256)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="torch (.pt), onnx (onnxruntime, a .onnx file) or auto: onnx for a .onnx file and for the "
+                        "live model when onnxruntime is installed (faster to start and to run)")
     for f in dataclasses.fields(DetectConfig):
         if f.name != "detect":
             p.add_argument("--" + f.name.replace("_", "-"), default=f.default,
@@ -249,7 +254,8 @@ def run(args) -> int:
     cfg = DetectConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DetectConfig)})
     result = predict_files(args.paths, args.checkpoint, cfg, args.batch_size, ann if args.annotate else None,
                            progress=sys.stderr.isatty(),
-                           warn=lambda f, why: print(f"fer predict: skipped {f}: {why}", file=sys.stderr), exclude=out)
+                           warn=lambda f, why: print(f"fer predict: skipped {f}: {why}", file=sys.stderr),
+                           exclude=out, backend=args.backend)
     if not result["n_images"]:
         raise UserError(f"none of the {len(result['unreadable'])} images could be read")
     import pandas as pd

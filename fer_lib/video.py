@@ -29,13 +29,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from .errors import UserError, check_output_path, same_path
 from .flags import add_dataclass_arguments, check_settings, setting
 from .io import write_atomic
-from .models import LIVE_MODEL, Classifier, load_model, resolve_checkpoint
 from .progress import bar as progress_bar
+from .runtime import LIVE_MODEL, choose_backend, load_classifier, resolve_model_file
 from .smoothing import DEFAULT_SMOOTHER, create_smoother, list_smoothers
 from .tracking import Tracker
 
@@ -82,6 +81,7 @@ class VideoConfig:
     batch: bool = True            # all faces of a frame in one batch (--one-by-one: the original study's way)
     sequential: bool = False      # decode and detect in the main thread too (default: a thread of their own)
     threads: int = setting(1, low=1)  # torch threads for classifying a few faces (more only add overhead)
+    backend: str = setting("auto", choices=("auto", "torch", "onnx"))  # auto: onnxruntime for .onnx and the live model
     bars: bool = False            # draw the smoothed probabilities beside each face
     show: bool = False            # open a window (desktop OpenCV only); q quits
     progress: bool = False        # tqdm bar over frames
@@ -226,7 +226,7 @@ def _ahead(items, size: int = 8):
                 f.cancel()
 
 
-def classify_faces(clf: Classifier, gray: np.ndarray, boxes, margin: float = 0.0, batch: bool = True):
+def classify_faces(clf, gray: np.ndarray, boxes, margin: float = 0.0, batch: bool = True):
     """Probabilities (F, C) for the faces at boxes: one forward pass, or one per face (batch=False)."""
     crops = np.stack([crop_face(gray, b, margin) for b in boxes])  # (F, 48, 48) uint8
     return clf.predict_proba(crops) if batch else np.concatenate([clf.predict_proba(c) for c in crops])
@@ -245,20 +245,22 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
     frame, the CSV rows), track_summary, clip_summary, tracks, no_faces, out, log, tracks_csv, gif, ...
     """
     cfg = VideoConfig(**{k: v for k, v in kwargs.items() if v is not None})
-    if not isinstance(checkpoint, Classifier):
+    given = hasattr(checkpoint, "predict_proba")  # a Classifier or OnnxClassifier
+    if not given:
         try:
-            checkpoint = resolve_checkpoint(checkpoint)
+            backend = choose_backend(checkpoint, cfg.backend)
+            checkpoint = resolve_model_file(checkpoint, backend)
         except UserError as e:
             raise VideoError(str(e)) from None
     tracks_csv = tracks_csv_path(cfg.log) if cfg.log else None
     outputs = [(p, flag) for p, flag in ((out, "--out"), (cfg.log, "--log"), (tracks_csv, "--log"), (cfg.gif, "--gif")) if p]
-    inputs = (None if str(source).isdigit() else source, checkpoint if not isinstance(checkpoint, Classifier) else None)
+    inputs = (None if str(source).isdigit() else source, None if given else checkpoint)
     for i, (path, flag) in enumerate(outputs):  # before any frame is read
         check_output_path(path, flag, overwrite=overwrite, inputs=inputs)
         for other, other_flag in outputs[:i]:
             if same_path(path, other):
                 raise UserError(f"{flag} {path}: is also the {other_flag} output; give each output its own file")
-    clf = checkpoint if isinstance(checkpoint, Classifier) else load_model(checkpoint)
+    clf = checkpoint if given else load_classifier(checkpoint, backend, cfg.threads)
     smoother_args = {k: getattr(cfg, k) for k in ("window", "alpha", "margin", "k")}
     create_smoother(cfg.smoother, **smoother_args)  # a bad name or setting fails before any video work
     detect = create_detector(cfg.detector, cfg.detect_scale, cfg.scale_factor, cfg.min_neighbors, cfg.min_size,
@@ -348,12 +350,15 @@ def run_pipeline(source, checkpoint=None, out="out.mp4", on_frame=None, interrup
             log.warning("%s: the clip stopped at frame %d of %d: the rest could not be decoded (a truncated or "
                         "damaged file); the outputs hold the frames read", source, first + n, expected)
             truncated.append(first + n)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    torch = sys.modules.get("torch")  # loaded by a torch Classifier; the onnxruntime path never imports it
+    threads = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(cfg.threads)
     try:
         write_atomic(out, encode) if out else encode(None)
     finally:
-        torch.set_num_threads(threads)
+        if torch:
+            torch.set_num_threads(threads)
         cap.release()
         if cfg.show:
             cv2.destroyAllWindows()

@@ -5,10 +5,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fer_lib"
 LAYERS = {
-    0: {"errors", "io", "progress", "environment", "metrics", "flags"},
-    1: {"data", "models", "synthetic"},
+    0: {"errors", "io", "progress", "environment", "metrics", "flags", "assets"},
+    1: {"data", "models", "synthetic", "runtime"},
     2: {"plots"},
-    3: {"train", "tune", "evaluate", "ensemble", "quantize", "smoothing", "tracking", "video", "predict", "stream"},
+    3: {"train", "tune", "evaluate", "ensemble", "quantize", "smoothing", "tracking", "video", "predict", "stream",
+        "export"},
     4: {"profiles", "report", "frontpage", "study"},
     5: {"cli"},
 }
