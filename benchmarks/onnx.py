@@ -71,7 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="per speed measurement")
     args = p.parse_args(argv)
-    print("$ python benchmarks/onnx.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    # a path of this machine is named by its file name: the output is committed
+    print("$ python benchmarks/onnx.py " + shlex.join(Path(a).name if os.path.isabs(a) else a
+                                                      for a in (argv if argv is not None else sys.argv[1:])))
     import cv2
     import numpy as np
     import onnxruntime

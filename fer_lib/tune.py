@@ -60,8 +60,8 @@ PRUNERS = ("halving", "hyperband", "median", "none")
 class TuneConfig:
     """The search's budget and machinery; the recipe it searches around is a TrainConfig (the profile's
     `train` section)."""
-    n_trials: int = setting(30, low=1)  # finished (complete or pruned) trials in the study, all workers together
-    timeout: float | None = setting(2400, above=0.0)  # seconds after which a worker starts no new trial (None: no limit)
+    n_trials: int = setting(30, low=0)  # finished (complete or pruned) trials in the study, all workers together
+    timeout: float | None = setting(2400, low=0.0)  # seconds after which a worker starts no new trial (None: no limit)
     epochs_per_trial: int = setting(9, low=1)  # a trial's budget: its schedule spans these epochs (the proxy of the final run)
     min_epochs: int = setting(3, low=1)  # halving, hyperband: the epochs every trial gets before it may be stopped
     reduction_factor: int = setting(3, low=2)  # halving, hyperband: 1/this of the trials go on at each rung (min_epochs x this^k)

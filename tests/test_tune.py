@@ -416,9 +416,9 @@ def test_hyperband_pruner_prunes(tmp_path):
 
 
 def test_a_bad_pruner_writes_nothing(synthetic_h5, tmp_path):
-    with pytest.raises(UserError, match="unknown pruner 'asha'; choose halving, hyperband"):
+    with pytest.raises(UserError, match="--pruner asha .*one of halving, hyperband"):
         tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), search(n_trials=0, pruner="asha"))
-    with pytest.raises(UserError, match="reduction_factor >= 2, not 3 and 1"):
+    with pytest.raises(UserError, match="--reduction-factor 1 .*at least 2"):
         tune.run_study(str(synthetic_h5), str(tmp_path / "tune"), search(n_trials=0, epochs_per_trial=4,
                                                                          pruner="halving", min_epochs=3,
                                                                          reduction_factor=1))
