@@ -63,7 +63,7 @@ def add_dataclass_arguments(parser, cls, skip=(), flags: dict | None = None) -> 
         parse = _parser_for(f.type)
         default = f.default if f.default is not dataclasses.MISSING else "..."
         kw = {"nargs": "?", "const": True, "metavar": "BOOL"} if parse is _bool else {}
-        parser.add_argument((flags or {}).get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, type=parse,
+        parser.add_argument((flags or {}).get(f.name, _flag(f.name)), dest=f.name, type=parse,
                             default=None, help=f"{helps.get(f.name, '')} (default {default})".strip(), **kw)
 
 

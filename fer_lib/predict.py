@@ -120,7 +120,8 @@ def list_images(paths, exclude=None, warn=None) -> list[tuple[Path, Path]]:
     found = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not (exclude and inside(f, exclude)))
+            skip = exclude if exclude and inside(exclude, p) else None  # only an output folder under p costs a test a file
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not (skip and inside(f, skip)))
             other = sorted({f.suffix.lower() or "(no extension)" for f in files if f.suffix.lower() not in IMAGE_EXTS})
             if other and warn:
                 n = sum(f.suffix.lower() not in IMAGE_EXTS for f in files)
