@@ -1,4 +1,4 @@
-# make setup | test | lint | study-smoke | study | nbval-refs | benchmarks
+# make setup | test | lint | study-smoke | study | publish | nbval-refs | benchmarks
 # Everything runs from the repo's own venv (.venv); only python3 (>= 3.10) is needed beforehand.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_ARGS ?=
 DATA ?= ../shared/fer2013/archive.zip
 
-.PHONY: setup test lint study-smoke study nbval-refs benchmarks
+.PHONY: setup test lint study-smoke study publish nbval-refs benchmarks
 
 setup: $(VENV)/.installed
 
@@ -29,13 +29,20 @@ lint: setup
 	$(BIN)/ruff check .
 
 # All five notebooks, smoke-sized: on FER-2013 when $(DATA) exists, else on synthetic faces (it says so loudly).
+# Its report, runs/reports/smoke-*/, is scratch: each run replaces the last.
 study-smoke: setup
-	$(BIN)/fer study --profile smoke $(if $(wildcard $(DATA)),--data $(DATA),)
+	$(BIN)/fer study --profile smoke $(if $(wildcard $(DATA)),--data $(DATA),) --overwrite
 
-# The full study on FER-2013: reports/full-real/ (committed).
+# The full study on FER-2013 in your own run folder, runs/reports/full-real/: started, or continued where it
+# stopped (its finished notebooks and epochs are kept). It never touches the committed reports/.
 study: setup
 	@test -f "$(DATA)" || { echo "FER-2013 not found at $(DATA); make study DATA=path/to/archive.zip"; exit 1; }
-	$(BIN)/fer study --profile full --data $(DATA)
+	$(BIN)/fer study --profile full --data $(DATA) --resume
+
+# The same, into the committed reports/full-real/ (FER-2013's faces left out): the study's published copy.
+publish: setup
+	@test -f "$(DATA)" || { echo "FER-2013 not found at $(DATA); make publish DATA=path/to/archive.zip"; exit 1; }
+	$(BIN)/fer study --profile full --data $(DATA) --publish --resume
 
 # Re-execute the notebooks (smoke, synthetic) into tests/nbval/ after changing a notebook.
 nbval-refs: setup

@@ -34,6 +34,17 @@ def find_asset(rel: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def shipped_name(path) -> str | None:
+    """`models/<name>` when path is a model the project ships (the checkout's models/ or the wheel's copy),
+    else None: a report then knows whether it scored the shipped model or one its own run trained."""
+    path = Path(path).resolve()
+    packaged = Path(str(importlib.resources.files("fer_lib").joinpath("live")))
+    for folder in (CHECKOUT / "models", packaged):
+        if path.parent == folder.resolve():
+            return f"models/{path.name}"
+    return None
+
+
 def model_card() -> str:
     """The live model's card (what it was trained on, its accuracy, what it is not fit for)."""
     path = find_asset(MODEL_CARD)

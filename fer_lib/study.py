@@ -1,14 +1,16 @@
 """The whole study as one reproducible run: notebooks 01-05 through papermill, rendered to HTML.
 
     fer study                                                  # synthetic faces, smoke profile
-    fer study --data ../shared/fer2013/archive.zip             # FER-2013, smoke: reports/smoke-real/
-    fer study --data ../shared/fer2013/archive.zip --profile full   # the study: reports/full-real/
+    fer study --data ../shared/fer2013/archive.zip             # FER-2013, smoke: runs/reports/smoke-real/
+    fer study --data ../shared/fer2013/archive.zip --profile full --resume   # continue or start: runs/reports/full-real/
+    fer study --data ../shared/fer2013/archive.zip --profile full --publish --resume   # the committed reports/full-real/
     fer study --data archive.zip -p train.epochs=3 -p tune.n_trials=2 --only 01,02,03
     fer study --nbval-refs                                     # regenerate tests/nbval/ (synthetic, smoke)
 
-Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for
-readers go to reports/<run>/ (executed .ipynb, code-hidden .html, index.html/.md,
-manifest.json); bulky artifacts (HDF5, checkpoints, Optuna storage) to runs/study/<run>/.
+Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for readers go to
+runs/reports/<run>/ (executed .ipynb, code-hidden .html, index.html/.md, manifest.json), or to the
+committed reports/<run>/ with --publish; an existing report is replaced only with --overwrite, or
+continued with --resume. Bulky artifacts (HDF5, checkpoints, Optuna storage) to runs/study/<run>/.
 A lock in both folders keeps a second study out while one runs there. Ctrl-C or SIGTERM stops
 the kernel, leaves the running notebook under its partial name (.partial-NN_name.ipynb) and
 the manifest at "interrupted", with the step and the time.
@@ -46,6 +48,8 @@ NOTEBOOKS = ROOT / "notebooks"
 NBVAL_DIR = ROOT / "tests" / "nbval"
 NBVAL_WORK = "../../runs/nbval"                 # the nbval notebooks' data and runs, relative to their folder
 COMMITTED_CHECKPOINT = ROOT / LIVE_MODEL
+PUBLISHED = ROOT / "reports"                    # the committed reports: written only by fer study --publish
+DEFAULT_OUT = "runs/reports"                    # a user's run: its own folder, beside its checkpoints
 TRAINED_CHECKPOINT = "train/best.pt"            # under WORK/RUN/: notebook 02 trains in run_dir=WORK/RUN/train
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SYNTHETIC_BANNER = """
@@ -423,12 +427,20 @@ def _clear_report(report_dir: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="reports",
+def run_study(source: str = "", profile: str = "smoke", run: str | None = None, out="runs/reports",
               work="runs/study", h5: str | None = None, overrides: dict | None = None,
-              only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None, faces: bool = True) -> dict:
-    """Run the notebooks in order; write reports/<run>/ and its manifest; raise StudyError on a failure,
+              only: str | None = None, notebooks_dir=NOTEBOOKS, video: str | None = None, faces: bool = True,
+              resume: bool = False, overwrite: bool = False) -> dict:
+    """Run the notebooks in order; write OUT/<run>/ and its manifest; raise StudyError on a failure,
     StudyInterrupted on SIGINT/SIGTERM (the manifest then says "interrupted"). faces=False leaves
-    FER-2013's faces out of the report (leave_out_faces), for publishing it."""
+    FER-2013's faces out of the report (leave_out_faces), for publishing it.
+
+    A folder that holds a report is replaced only with overwrite; resume continues it at its first
+    unfinished notebook (inside notebook 02 and 03 at their last epoch and trial), and refuses a run
+    whose profile, recipe, data or code differ from what it started with."""
+    if resume and (overwrite or only):
+        raise StudyError(f"--resume continues the whole study where it stopped; it takes no "
+                         f"{'--overwrite' if overwrite else '--only'}")
     kind = "real" if source else "synthetic"
     run = run or f"{Path(str(profile)).stem}-{kind}"  # a profile may be given as its .yaml file
     report_dir, work_dir = (Path(out) / run).resolve(), (Path(work) / run).resolve()
@@ -454,17 +466,28 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
             folder.mkdir(parents=True, exist_ok=True)
             held.enter_context(lock_run(folder))
         held.enter_context(stop_on_signals())
-        # A full rerun rewrites the report (made from the runs), but never deletes a run: notebook 02 resumes
-        # or returns its finished training of the same configuration and refuses another; notebook 03 resumes
-        # its study. A different recipe needs a new --run.
-        if not only and (report_dir / "manifest.json").exists():
-            _clear_report(report_dir)
-        if not source:
-            print(SYNTHETIC_BANNER, flush=True)
         from .data import source_sha256
         from .profiles import STEPS, load_profile
         recipe = {step: dataclasses.asdict(cfg)  # what every step ran with: the profile and the -p overrides
                   for step, cfg in load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}).items()}
+        # An earlier report is replaced only when asked (--overwrite), or continued (--resume). Neither deletes
+        # a run: notebook 02 resumes or returns its finished training of the same configuration and refuses
+        # another; notebook 03 resumes its search. A different recipe needs a new --run.
+        previous = _read_manifest(report_dir)
+        kept = []
+        if previous is not None and resume:
+            kept = resumable(previous, notebooks, plan, dict(profile=str(profile), recipe=recipe,
+                                                            overrides=overrides, data_kind=kind,
+                                                            data_sha256=source_sha256(source) if source else None),
+                             names)
+        elif previous is not None and not overwrite:
+            raise StudyError(f"{report_dir}: holds a study report ({previous.get('status')}, started "
+                             f"{previous.get('start')}); continue it with --resume, replace it with --overwrite, "
+                             f"or give another --run")
+        elif previous is not None and not only:
+            _clear_report(report_dir)
+        if not source:
+            print(SYNTHETIC_BANNER, flush=True)
         manifest = {"run": run, "profile": profile, "status": "running", "start": now(), "end": None,
                     "wall_s": None, "data": {"kind": kind, "source": source or None, "h5": h5},
                     "checkpoint": {"path": checkpoint, "why": why}, "root": str(ROOT),
@@ -474,9 +497,17 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
                     # the files outside the checkout that the report names by file name only
                     "files_outside": {Path(k).name: source_sha256(k) for k in names
                                       if Path(k) in inputs and Path(k).exists()}}
+        if kept:  # the finished notebooks of the stopped run stay as they ran; the rest run now
+            manifest.update(start=previous["start"], notebooks=previous["notebooks"][:len(kept)],
+                            seeds={k: v for k, v in previous.get("seeds", {}).items() if k in kept},
+                            resumed=previous.get("resumed", []) + [{"at": manifest["start"], "kept": kept,
+                                                                     "previous_status": previous.get("status")}])
+            print(f"[study] resuming {run}: {', '.join(kept)} finished before; "
+                  f"{len(notebooks) - len(kept)} to run", flush=True)
         t_study, failure, stopped = time.time(), None, None
         try:
-            failure = _run_notebooks(notebooks, plan, manifest, report_dir)
+            failure = _run_notebooks(notebooks[len(kept):], plan, manifest, report_dir, first=len(kept) + 1,
+                                     total=len(notebooks))
         except StudyInterrupted as e:
             stopped = e
             kill_kernels()
@@ -492,8 +523,10 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         if not faces:  # before the manifest's last write, which then keeps the list
             manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
         manifest["data"].update(describe_data(h5))
+        # wall_s: the compute of every sitting (a resumed run's earlier notebooks keep their own times)
         manifest.update(status="interrupted" if stopped else "failed" if failure else "ok", end=now(),
-                        wall_s=round(time.time() - t_study, 1))
+                        wall_s=round(time.time() - t_study + sum(n.get("wall_s") or 0 for n in
+                                                               manifest["notebooks"][:len(kept)]), 1))
         if failure:
             manifest["error"] = failure
         write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
@@ -508,16 +541,62 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     return manifest
 
 
-def _run_notebooks(notebooks, plan, manifest, report_dir: Path) -> str | None:
+def _read_manifest(report_dir: Path) -> dict | None:
+    path = report_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except ValueError:
+        raise StudyError(f"{path}: not a study manifest (unreadable JSON); give another --run or --overwrite") from None
+    if not isinstance(m, dict) or not isinstance(m.get("notebooks"), list):
+        raise StudyError(f"{path}: not a study manifest; give another --run or --overwrite")
+    return m
+
+
+def resumable(previous: dict, notebooks, plan: dict, now_run: dict, names: dict) -> list[str]:
+    """The leading notebooks of a stopped run that a resumed one keeps: those that finished with the same
+    parameters. The run must have the same profile, recipe, overrides, data and code, else StudyError:
+    a study's numbers come from one recipe on one code."""
+    from .frontpage import relative_paths
+
+    def written(x):  # as the manifest wrote it: this machine's paths relative or named (machine_paths)
+        return json.loads(relative_paths(json.dumps(x, default=str), ROOT, names))
+    git = describe_git()
+    was = {"profile": previous.get("profile"), "recipe": previous.get("recipe"),
+           "overrides": previous.get("overrides"), "data kind": (previous.get("data") or {}).get("kind"),
+           "code": [(previous.get("git") or {}).get(k) for k in ("commit", "changes_sha256")]}
+    is_ = {"profile": now_run["profile"], "recipe": written(now_run["recipe"]),
+           "overrides": written(now_run["overrides"]), "data kind": now_run["data_kind"],
+           "code": [git.get(k) for k in ("commit", "changes_sha256")]}
+    differ = [k for k in was if was[k] != is_[k]]
+    sha = (previous.get("data") or {}).get("sha256")
+    if now_run["data_sha256"] and sha and sha != now_run["data_sha256"]:
+        differ.append("data")
+    if differ:
+        hint = (f" (commit {str(was['code'][0])[:12]}, now {str(is_['code'][0])[:12]})" if "code" in differ else "")
+        raise StudyError(f"--resume: the run in {previous.get('report_dir', '?')} was started with another "
+                         f"{', '.join(differ)}{hint}; finish it with what it began with, or start again with "
+                         f"--overwrite (finished trainings of an unchanged recipe are reused)")
+    kept = []
+    for nb, entry in zip(notebooks, previous["notebooks"]):
+        if entry.get("name") != nb.stem or entry.get("status") != "ok" or entry.get("passed") != written(plan[nb.stem]):
+            break
+        kept.append(nb.stem)
+    return kept
+
+
+def _run_notebooks(notebooks, plan, manifest, report_dir: Path, first: int = 1, total: int | None = None) -> str | None:
     """Each notebook in turn, recorded in the manifest as it starts and ends; the first failure's line."""
-    for i, nb in enumerate(notebooks, 1):
+    total = total or len(notebooks)
+    for i, nb in enumerate(notebooks, first):
         params = {**read_parameters(nb), **plan[nb.stem]}
         entry = {"name": nb.stem, "status": "running", "passed": plan[nb.stem], "parameters": params,
                  "ipynb": f"{nb.stem}.ipynb", "html": f"{nb.stem}.html", "start": now()}
         manifest["notebooks"].append(entry)
         manifest["seeds"][nb.stem] = {k: v for k, v in params.items() if k == "seed" or k.endswith("_seed")}
         write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
-        print(f"[study {i}/{len(notebooks)}] {nb.stem} ...", flush=True)
+        print(f"[study {i}/{total}] {nb.stem} ...", flush=True)
         if i > 1 and (git := describe_git()) != manifest["git"]:
             # Each kernel imports fer_lib afresh: edits made during a long run would go unrecorded.
             entry["git"] = git
@@ -536,7 +615,7 @@ def _run_notebooks(notebooks, plan, manifest, report_dir: Path) -> str | None:
         entry["end"], entry["wall_s"] = now(), round(time.time() - t0, 1)
         if (report_dir / entry["ipynb"]).exists():
             render_html(report_dir / entry["ipynb"], report_dir / entry["html"])
-        print(f"[study {i}/{len(notebooks)}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
+        print(f"[study {i}/{total}] {nb.stem} {entry['status']} in {entry['wall_s']:.1f} s", flush=True)
         if failure:
             return failure
     return None
@@ -595,7 +674,15 @@ def add_arguments(p) -> None:
     p.add_argument("--profile", default="smoke", help="configs/profiles/NAME.yaml (smoke, full) or a .yaml file: "
                    "every step's recipe and budget")
     p.add_argument("--run", help="run name (default PROFILE-real or PROFILE-synthetic)")
-    p.add_argument("--out", default="reports", help="reports go to OUT/RUN/")
+    p.add_argument("--out", default=DEFAULT_OUT, help="reports go to OUT/RUN/ (default runs/reports: a rerun never "
+                   "touches the committed reports/; see --publish)")
+    p.add_argument("--publish", action="store_true",
+                   help="write the report to the committed reports/RUN/ (FER-2013's faces left out, as --no-faces), "
+                        "the study's published copy; with --resume or --overwrite where one is there")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the report at OUT/RUN at its first unfinished notebook (same profile, recipe, "
+                        "data and code), reusing finished trainings")
+    p.add_argument("--overwrite", action="store_true", help="replace the report OUT/RUN already holds")
     p.add_argument("--work", default="runs/study", help="HDF5, checkpoints and studies go to WORK/RUN/")
     p.add_argument("--h5", help="where notebook 01 writes (or reuses) the HDF5; default WORK/RUN/")
     p.add_argument("--video", help="clip (or camera index) for notebook 05; default: the notebook's own")
@@ -632,8 +719,12 @@ def run(args) -> int:
             for what in removed:
                 print("left out", what)
             return 0
-        m = run_study(args.data, args.profile, args.run, args.out, args.work, args.h5,
-                      parse_overrides(args.param), args.only, args.notebooks, args.video, faces=not args.no_faces)
+        if args.publish and args.out != DEFAULT_OUT:
+            raise StudyError(f"--publish writes to {PUBLISHED.relative_to(ROOT)}/; it takes no --out")
+        out = PUBLISHED if args.publish else args.out
+        m = run_study(args.data, args.profile, args.run, out, args.work, args.h5,
+                      parse_overrides(args.param), args.only, args.notebooks, args.video,
+                      faces=not (args.no_faces or args.publish), resume=args.resume, overwrite=args.overwrite)
     except NotebookFailed as e:
         print(f"fer study: error: {e}", file=sys.stderr)
         return 1

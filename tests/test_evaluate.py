@@ -149,6 +149,18 @@ def test_published_results_table_has_only_our_row_from_the_run():
     assert t["PrivateTest accuracy"].iloc[:4].tolist() == ["65 ± 5%", "71.16%", "72.7%", "62-65%"]
 
 
+def test_our_row_names_the_shipped_model_as_shipped(tmp_path):
+    """A smoke run that scores the committed live model must not call it the run's own result (issue 34)."""
+    from fer_lib.assets import CHECKOUT, LIVE_MODEL
+    from fer_lib.evaluate import ours_label
+    assert ours_label(CHECKOUT / LIVE_MODEL) == f"Ours: the shipped model {LIVE_MODEL}"
+    assert ours_label(tmp_path / "train" / "best.pt") == "Ours (this run)"
+    copy = tmp_path / "models" / Path(LIVE_MODEL).name  # a folder named models elsewhere is not the shipped one
+    assert ours_label(copy) == "Ours (this run)"
+    t = published_results_table(0.7, None, ours_label(CHECKOUT / LIVE_MODEL))
+    assert t.iloc[-1]["method"] == f"Ours: the shipped model {LIVE_MODEL}" and t.iloc[-1]["PrivateTest accuracy"] == "70.00%"
+
+
 def test_plot_confusion_annotates_counts_and_rates():
     cm = [[3, 1, 0], [0, 2, 1], [1, 0, 2]]
     counts = [t.get_text() for t in plot_confusion(cm, ["a", "b", "c"]).axes[0].texts]
@@ -173,6 +185,8 @@ def test_fer_evaluate_end_to_end(tiny_checkpoint, synthetic_h5, tmp_path, capsys
     assert m["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert m["data_sha256"] == hashlib.sha256(synthetic_h5.read_bytes()).hexdigest()
     assert m["model_name"] == "vgg_small" and m["synthetic_data"] is True
+    assert m["ours"] == "Ours (this run)"
+    assert "Ours (this run)" in (out / "published_results.csv").read_text()
     ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     # the report names the recipe it scores, with the training machine's absolute paths made relative
     portable = {k: os.path.relpath(v) if k in ("data", "out") and os.path.isabs(v) else v for k, v in ck["config"].items()}

@@ -128,3 +128,51 @@ def test_a_stopped_study_kills_its_kernel_quietly_and_says_where_it_stopped(tmp_
     while pid_alive(kernel) and time.time() < deadline:
         time.sleep(0.1)
     assert not pid_alive(kernel), f"kernel {kernel} still runs"
+
+
+def test_a_stopped_study_resumes_where_it_stopped_and_ends_as_an_unbroken_one(tmp_path, capsys):
+    """Killed inside notebook 02, `fer study --resume` keeps 01 as it ran, finishes 02, and its result is an
+    unbroken run's; a changed recipe, or a rerun without --resume or --overwrite, is refused (issue 34)."""
+    h5 = tmp_path / "s.h5"
+    common = ["study", "--notebooks", str(STUBS), "--out", str(tmp_path / "reports"), "--work", str(tmp_path / "runs"),
+              "--h5", str(h5), "-p", "02.wait_s=300"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "fer_lib.cli", *common, "--run", "r"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    report = tmp_path / "reports" / "r"
+    try:
+        wait_for_kernel(proc, tmp_path / "runs" / "r" / "train" / "kernel.pid")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    stopped = json.loads((report / "manifest.json").read_text())
+    assert [n["status"] for n in stopped["notebooks"]] == ["ok", "interrupted"]
+    first = (report / "01_make_stub.ipynb").read_bytes()
+
+    before = snapshot(tmp_path)
+    for extra, why in ((["-p", "02.epochs=3", "--resume"], "was started with another overrides; finish it"),
+                       ([], "holds a study report (interrupted, started ")):
+        assert main([*common, "--run", "r", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and why in err, err
+        assert snapshot(tmp_path) == before                   # refused before anything was touched
+
+    assert main([*common, "--run", "r", "--resume"]) == 0
+    assert "resuming r: 01_make_stub finished before; 1 to run" in capsys.readouterr().out
+    m = json.loads((report / "manifest.json").read_text())
+    assert m["status"] == "ok" and [n["status"] for n in m["notebooks"]] == ["ok", "ok"]
+    assert m["notebooks"][0] == stopped["notebooks"][0] and m["start"] == stopped["start"]   # 01 did not run again
+    assert m["resumed"][0]["kept"] == ["01_make_stub"] and m["resumed"][0]["previous_status"] == "interrupted"
+    assert (report / "01_make_stub.ipynb").read_bytes() == first
+    assert not (report / ".partial-02_use_stub.ipynb").exists() and (report / "02_use_stub.html").exists()
+    assert m["wall_s"] >= m["notebooks"][0]["wall_s"] + m["notebooks"][1]["wall_s"] - 0.2
+
+    assert main([*common, "--run", "r", "--resume"]) == 0     # a finished study: nothing left to run
+    assert "resuming r: 01_make_stub, 02_use_stub finished before; 0 to run" in capsys.readouterr().out
+    unbroken = [*common[:-2], "--run", "unbroken"]                       # no pause: the same recipe, at once
+    assert main(unbroken) == 0
+    assert (report / "metrics.json").read_text() == (tmp_path / "reports" / "unbroken" / "metrics.json").read_text()
+    assert main([*unbroken, "--overwrite"]) == 0                           # asked for: replaced
