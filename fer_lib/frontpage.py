@@ -285,6 +285,14 @@ def _provenance(m: dict) -> list[tuple[str, str]]:
     return facts
 
 
+def compute(nb: dict, m: dict) -> str:
+    """'412 s on <cpu>; planned 380 s': the compute a notebook took, where, and the study's plan for it."""
+    text = f"{nb.get('wall_s', '?')} s"
+    cpu = nb.get("cpu") or (m.get("environment") or {}).get("cpu")
+    planned = ((m.get("time_plan") or {}).get("seconds") or {}).get(nb["name"][:2])
+    return text + (f" on {cpu}" if cpu else "") + (f"; planned {planned} s" if planned is not None else "")
+
+
 def build(report_dir, manifest: dict) -> tuple[str, str]:
     """(index.md, index.html) for a finished or failed run."""
     rd, m, e = Path(report_dir), manifest, html.escape
@@ -308,7 +316,7 @@ def build(report_dir, manifest: dict) -> tuple[str, str]:
     md += ["## What each notebook found", ""]
     for nb, got in found:
         line = got[0] if got else f"({nb['status']}; no summary file)"
-        md += [f"**[{nb['name']}]({nb['html']})** ({nb.get('wall_s', '?')} s). {line}", ""]
+        md += [f"**[{nb['name']}]({nb['html']})** ({compute(nb, m)}). {line}", ""]
         md += [f"![{fig}]({fig})" for fig in (got[1] if got else [])] + ([""] if got and got[1] else [])
     md += ["## Provenance", ""] + [f"- {k}: {v}" for k, v in _provenance(m)]
     md += ["- every parameter, package version and seed: [manifest.json](manifest.json)", ""]
@@ -335,7 +343,7 @@ def build(report_dir, manifest: dict) -> tuple[str, str]:
         text = code(got[0]) if got else e(f"({nb['status']}; no summary file)")
         figs = "".join(f"<figure><a href='{e(nb['html'])}'><img src='{e(f)}' alt='{e(f)}'></a></figure>"
                        for f in (got[1] if got else []))
-        page.append(f"<section><h3>{link} <small>({e(str(nb.get('wall_s', '?')))} s, {e(nb['status'])})</small></h3>"
+        page.append(f"<section><h3>{link} <small>({e(compute(nb, m))}, {e(nb['status'])})</small></h3>"
                     f"<p>{text}</p>{figs}</section>")
     page.append("<h2>Provenance</h2><table class='prov'>" + "".join(
         f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in _provenance(m)) +

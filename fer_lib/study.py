@@ -504,6 +504,12 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
                                                                      "previous_status": previous.get("status")}])
             print(f"[study] resuming {run}: {', '.join(kept)} finished before; "
                   f"{len(notebooks) - len(kept)} to run", flush=True)
+        if any(nb.stem[:2] in ("02", "03") for nb in notebooks[len(kept):]):  # the steps that train
+            from .data import read_info
+            counts = read_info(h5)["counts"] if Path(h5).exists() else FER2013_COUNTS if source else SYNTHETIC_COUNTS
+            plan_line = time_plan(load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}), counts)
+            print(plan_line.pop("line"), flush=True)
+            manifest["time_plan"] = plan_line
         t_study, failure, stopped = time.time(), None, None
         try:
             failure = _run_notebooks(notebooks[len(kept):], plan, manifest, report_dir, first=len(kept) + 1,
@@ -539,6 +545,38 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         raise NotebookFailed(f"{failure}\n  see {report_dir / (manifest['notebooks'][-1]['name'] + '.html')} "
                              f"and {report_dir / 'manifest.json'}")
     return manifest
+
+
+FER2013_COUNTS = {"train": 28709, "val": 3589, "test": 3589}
+SYNTHETIC_COUNTS = {"train": 7 * 400, "val": 7 * 60, "test": 7 * 60}   # notebook 01's synthetic_per_class
+
+
+def time_plan(cfgs: dict, counts: dict) -> dict:
+    """The time of the steps that train (02 and 03), from the training speed of the recipe's model measured
+    now on this machine: {"cpu", "faces_per_s", "seconds": {"02": s, "03": s}, "line": what to print}.
+    03 counts its search's expected epochs under its pruner (capped by its timeout) and its finalists."""
+    from .train import epoch_seconds, faces_per_second, pick_device
+    from .tune import expected_epochs
+    t, b = cfgs["train"], cfgs["tune"]
+    speed = faces_per_second(t)
+    epoch = epoch_seconds(speed, counts["train"] * t.train_fraction, counts["val"])
+    trial = epoch_seconds(speed, counts["train"] * b.train_fraction, counts["val"])
+    search_epochs = b.n_trials * expected_epochs(b.pruner, b.epochs_per_trial, b.min_epochs, b.reduction_factor)
+    search = search_epochs * trial if b.timeout is None else min(search_epochs * trial, b.timeout)
+    final_epochs = (2 + b.final_top) * (b.final_epochs or t.epochs)  # both references and the best trials
+    seconds = {"02": t.epochs * epoch, "03": search + final_epochs * epoch}
+    env, (_, amp) = describe_environment(), pick_device(t)
+    precision = "fp32" if amp is None else str(amp).replace("torch.", "")
+
+    def hours(x):
+        return f"{x:.0f} s" if x < 90 else f"{x / 60:.0f} min" if x < 5400 else f"{x / 3600:.1f} h"
+    line = (f"[study] time plan on {env['cpu']} ({env['cpu_count']} cores, {precision}), {speed:.0f} training "
+            f"faces/s of {t.model} measured now: 02 about {hours(seconds['02'])} ({t.epochs} epochs of "
+            f"{hours(epoch)}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search epochs of {hours(trial)}"
+            f"{', or its timeout' if b.timeout is not None else ''}, {final_epochs} finalist epochs); 01, 04 and 05 "
+            f"take minutes. Stopped, `--resume` continues at the unfinished step and epoch.")
+    return {"cpu": env["cpu"], "precision": precision, "faces_per_s": round(speed, 1),
+            "seconds": {k: round(v) for k, v in seconds.items()}, "line": line}
 
 
 def _read_manifest(report_dir: Path) -> dict | None:
@@ -592,7 +630,8 @@ def _run_notebooks(notebooks, plan, manifest, report_dir: Path, first: int = 1, 
     for i, nb in enumerate(notebooks, first):
         params = {**read_parameters(nb), **plan[nb.stem]}
         entry = {"name": nb.stem, "status": "running", "passed": plan[nb.stem], "parameters": params,
-                 "ipynb": f"{nb.stem}.ipynb", "html": f"{nb.stem}.html", "start": now()}
+                 "ipynb": f"{nb.stem}.ipynb", "html": f"{nb.stem}.html", "start": now(),
+                 "cpu": manifest["environment"].get("cpu")}  # a resumed study may run its steps on other machines
         manifest["notebooks"].append(entry)
         manifest["seeds"][nb.stem] = {k: v for k, v in params.items() if k == "seed" or k.endswith("_seed")}
         write_atomic(report_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))

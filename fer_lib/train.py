@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
 from .data import load_split, read_info
-from .environment import describe_environment, describe_machine
+from .environment import describe_environment, describe_machine, native_bf16
 from .errors import UserError, check_output_path
 from .flags import add_dataclass_arguments, check_settings, setting
 from .io import clean_stale_partials, read_config, write_atomic
@@ -118,7 +118,8 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
-    """Device and autocast dtype: bf16 only where the CPU has native bf16 (else it is ~10x slower)."""
+    """Device and autocast dtype: bf16 only where the CPU has bf16 in hardware (environment.native_bf16;
+    emulated, it is 2.5 to 10x slower than fp32)."""
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
     prec = cfg.precision
@@ -126,7 +127,7 @@ def pick_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
         if dev.type == "cuda":
             prec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            prec = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            prec = "bf16" if native_bf16() else "fp32"
     return dev, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
 
 
@@ -452,21 +453,36 @@ def teacher_log_targets(teacher, images: torch.Tensor, progress: bool = True, ch
 def measure_speed(s: Setup, steps: int = 3) -> float:
     """Training faces per second here: a few steps on a copy of the model, with the run's batch, precision,
     crop and teacher; the run's weights and random state are untouched."""
-    model = copy.deepcopy(s.model).train()
+    side, b = s.cfg.crop or getattr(s.model, "img_size", 48), min(s.cfg.batch_size, len(s.train[1]))
+    return _step_speed(copy.deepcopy(s.model), side, b, s.device, s.amp_dtype, len(s.class_names), s.teacher, steps)
+
+
+def faces_per_second(cfg: TrainConfig, n_classes: int = 7, steps: int = 3) -> float:
+    """What measure_speed says for cfg's model, batch, crop and precision, without its data or teacher:
+    for planning a run (fer study's time plan) before its HDF5 exists."""
+    device, amp_dtype = pick_device(cfg)
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(cfg.model, **model_kwargs(cfg)).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    return _step_speed(model, cfg.crop or getattr(model, "img_size", 48), cfg.batch_size, device, amp_dtype,
+                       n_classes, None, steps)
+
+
+def _step_speed(model, side: int, b: int, device, amp_dtype, n_classes: int, teacher=None, steps: int = 3) -> float:
+    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    side, b = s.cfg.crop or getattr(model, "img_size", 48), min(s.cfg.batch_size, len(s.train[1]))
     times = []
     with torch.random.fork_rng(devices=[]):  # dropout draws here must not shift the run's random stream
-        x = torch.randn(b, 1, side, side).to(s.device).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, len(s.class_names), (b,)).to(s.device)
+        x = torch.randn(b, 1, side, side).to(device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, n_classes, (b,)).to(device)
         for _ in range(steps + 1):  # the first step warms up (allocations, kernel choice)
             t0 = time.perf_counter()
-            with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(model(x).float(), y)
-                if s.teacher is not None:
+                if teacher is not None:
                     with torch.no_grad():
-                        t_side = getattr(s.teacher, "img_size", 48)
-                        s.teacher(x if side == t_side else F.interpolate(x, size=(t_side, t_side)))
+                        t_side = getattr(teacher, "img_size", 48)
+                        teacher(x if side == t_side else F.interpolate(x, size=(t_side, t_side)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -474,11 +490,17 @@ def measure_speed(s: Setup, steps: int = 3) -> float:
     return b / float(np.median(times[1:]))
 
 
+def epoch_seconds(speed: float, n_train: int, n_val: int) -> float:
+    """An epoch at `speed` training faces/s: its steps, then scoring PublicTest (a forward pass costs
+    about a third of a training step)."""
+    return n_train / speed + n_val / (3 * speed)
+
+
 def describe_plan(s: Setup, start: int = 1) -> str:
     """'plan: 18 epochs of vgg_small on 28,709 faces ...; measured 690 faces/s here: about 45 s an epoch, 14 min'."""
     speed = measure_speed(s)
     n_train, n_val = len(s.train[1]), len(s.val[1])
-    epoch_s = n_train / speed + n_val / (3 * speed)  # scoring PublicTest: a forward pass costs ~1/3 of a step
+    epoch_s = epoch_seconds(speed, n_train, n_val)
     left = s.cfg.epochs - start + 1
     precision = "fp32" if s.amp_dtype is None else f"{str(s.amp_dtype).replace('torch.', '')} autocast"
     total = left * epoch_s

@@ -1,4 +1,5 @@
 """fer study on two stand-in notebooks (tests/fixtures/notebooks), and nbval catching a changed output."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -292,3 +293,33 @@ def test_mask_url_and_split_url_password():
     assert mask_url("sqlite:///x.db and runs/optuna.journal") == "sqlite:///x.db and runs/optuna.journal"
     assert split_url_password("postgresql://u:pw@h:1/db") == ("postgresql://u@h:1/db", "pw")
     assert split_url_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)
+
+
+def test_time_plan_counts_each_training_step_at_the_measured_speed(monkeypatch):
+    """02: the recipe's epochs; 03: the search's expected epochs under halving, then both references and the
+    best trials at the final budget; all at the training speed measured here (issue 34's time plan)."""
+    from fer_lib import train
+    from fer_lib.profiles import load_profile
+    from fer_lib.study import FER2013_COUNTS, time_plan
+    monkeypatch.setattr(train, "faces_per_second", lambda cfg: 100.0)
+    cfgs = load_profile("full")
+    plan = time_plan(cfgs, FER2013_COUNTS)
+    epoch = 28709 / 100 + 3589 / 300
+    t, b = cfgs["train"], cfgs["tune"]
+    assert (b.n_trials, b.epochs_per_trial, b.min_epochs, b.reduction_factor, b.pruner) == (40, 9, 3, 2, "halving")
+    search = 40 * (3 + 3 / 2 + 3 / 4)   # every trial 3 epochs, half of them 3 more, a quarter the last 3
+    assert plan["seconds"] == {"02": round(t.epochs * epoch), "03": round(search * epoch + (2 + 3) * t.epochs * epoch)}
+    assert plan["faces_per_s"] == 100.0 and "02 about 90 min (18 epochs of 5 min)" in plan["line"]
+    capped = time_plan({**cfgs, "tune": dataclasses.replace(b, timeout=60)}, FER2013_COUNTS)
+    assert capped["seconds"]["03"] == round(60 + 5 * t.epochs * epoch)
+
+
+def test_the_front_page_gives_each_step_its_compute_cpu_and_plan(stub_study):
+    _, report, _ = stub_study
+    m = json.loads((report / "manifest.json").read_text())
+    assert set(m["time_plan"]["seconds"]) == {"02", "03"} and m["time_plan"]["faces_per_s"] > 0
+    entry = m["notebooks"][1]
+    assert entry["cpu"] == m["environment"]["cpu"]
+    planned = m["time_plan"]["seconds"]["02"]
+    assert f"**[02_use_stub](02_use_stub.html)** ({entry['wall_s']} s on {entry['cpu']}; planned {planned} s)" in \
+        (report / "index.md").read_text()

@@ -13,7 +13,7 @@ import fer_lib.io
 from fer_lib import train
 from fer_lib.cli import main
 from fer_lib.data import load_split
-from fer_lib.environment import describe_machine
+from fer_lib.environment import describe_machine, native_bf16
 from fer_lib.evaluate import training_summary
 from fer_lib.models import load_checkpoint, load_model
 from fer_lib.synthetic import write_synthetic_h5
@@ -68,9 +68,20 @@ def test_resolve_config_rejects_unknown_keys(tmp_path):
 def test_pick_device_on_cpu():
     assert pick_device(TrainConfig(device="cpu", precision="fp32")) == (torch.device("cpu"), None)
     assert pick_device(TrainConfig(device="cpu", precision="bf16"))[1] == torch.bfloat16
-    # auto: bf16 only where oneDNN has native bf16 (without it bf16 is ~10x slower than fp32)
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # auto: bf16 only where the CPU has it in hardware (emulated it is 2.5-10x slower than fp32)
+    native = native_bf16()
     assert pick_device(TrainConfig(device="cpu"))[1] == (torch.bfloat16 if native else None)
+
+
+def test_bf16_counts_only_in_hardware(monkeypatch):
+    """oneDNN says yes to bare AVX-512 (Ice Lake), where it emulates bf16 at 2.5x the time of fp32."""
+    from fer_lib import environment
+    ice_lake = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    for flags, native in ((ice_lake, False), (ice_lake | {"avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True)):
+        monkeypatch.setattr(environment, "cpu_flags", lambda flags=flags: ("a CPU", flags))
+        assert environment.native_bf16() is native
+        assert pick_device(TrainConfig(device="cpu"))[1] == (torch.bfloat16 if native else None)
+        assert environment.describe_environment()["cpu_bf16"] is native
 
 
 # ----------------------------------------------------------------------------- data and augmentation
