@@ -7,6 +7,8 @@ Sources: the Kaggle image-folder layout (as a folder or as the .zip, read in
 place), the original ``fer2013.csv`` and its ``icml_face_data.csv`` variant.
 The HDF5 keeps uint8 pixels; normalization happens on load with the train
 mean/std stored in the file. Rerunning on an unchanged source reuses the file.
+
+A notebook's `h5_path = None` is `find_h5()`: the file the README's set-up made, found from the repo root.
 """
 from __future__ import annotations
 
@@ -350,6 +352,35 @@ def write_hdf5(out, splits: dict, **attrs) -> Path:
                            ingest_version=INGEST_VERSION, **attrs)
 
     return write_atomic(out, write)
+
+
+# Where the README's set-up leaves the HDF5, first found wins: `fer preprocess`'s default, then what
+# `make study-smoke` (fer study --profile smoke) and `make study` write, with and without FER-2013.
+SETUP_H5 = ("data/fer2013.h5", "runs/study/smoke-real/fer2013.h5", "runs/study/full-real/fer2013.h5",
+            "runs/study/smoke-synthetic/synthetic.h5")
+SETUP_COMMAND = "make study-smoke DATA=path/to/archive.zip"
+ROOT_ENV = "FER_ROOT"   # the folder SETUP_H5 is relative to; unset: the checkout (the package's parent)
+
+
+def repo_root() -> Path:
+    """The checkout the set-up ran in: $FER_ROOT, else the package's parent (as fer_lib.study.ROOT)."""
+    return Path(os.environ.get(ROOT_ENV) or Path(__file__).resolve().parents[1])
+
+
+def find_h5(path=None, source: str = "") -> str:
+    """The HDF5 a notebook reads: `path` as given; None: the first of SETUP_H5 that exists under repo_root(),
+    whatever the working folder (JupyterLab's is notebooks/). With a `source` to ingest (notebook 01) None is
+    where to write it: data/fer2013.h5. Nothing found: UserError naming what was looked for and the set-up."""
+    if path is not None:
+        return str(path)
+    root = repo_root()
+    if source:
+        return str(root / SETUP_H5[0])
+    for rel in SETUP_H5:
+        if (root / rel).is_file():
+            return str(root / rel)
+    raise UserError(f"h5_path None: no HDF5 from the set-up under {root} (looked for {', '.join(SETUP_H5)}); "
+                    f"make one with `{SETUP_COMMAND}` (without DATA: synthetic faces), or set h5_path")
 
 
 @contextlib.contextmanager

@@ -6,13 +6,16 @@ each checked against the step's dataclass, so a misspelt key is an error that na
 
 `smoke` runs the whole study in minutes on a 2-core CPU; `full` is the real study, and its `train`
 section is the recipe of the committed models/vgg_small_fer2013.pt. A notebook's parameters cell names the profile and an
-`overrides` dict; `fer study -p train.epochs=3` fills that dict for every notebook.
+`overrides` dict; `fer study -p train.epochs=3` fills that dict for every notebook. `describe_profile` is the
+first line a notebook prints: its profile, what that notebook took in the studies run here, how to pick another.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+from .data import repo_root
 from .errors import UserError
 from .evaluate import EvalConfig
 from .io import read_config
@@ -63,3 +66,45 @@ def load_profile(profile, overrides: dict | None = None) -> dict:
     check_overrides(overrides)
     return {step: cls(**{**(sections.get(step) or {}), **(overrides or {}).get(step, {})})
             for step, cls in STEPS.items()}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def study_times(notebook: str, root=None) -> dict:
+    """{profile: (seconds, run, date, cpu)}: how long `notebook` ("04" or "04_evaluate") took in the latest
+    finished study of each profile under root/reports/ (their manifest.json), on the CPU named there."""
+    found = {}
+    for path in sorted(Path(root or repo_root()).glob("reports/*/manifest.json")):
+        try:
+            m = json.loads(path.read_text())
+            env = m.get("environment") or {}
+            for nb in m.get("notebooks", []):
+                if nb["name"][:2] == notebook[:2] and nb.get("status") == "ok" and nb.get("wall_s") is not None:
+                    when = (nb.get("end") or m.get("start") or "")[:10]
+                    cpu = f"{env.get('cpu', 'a CPU')}, {env.get('cpu_count', '?')} cores"
+                    if m["profile"] not in found or when > found[m["profile"]][2]:
+                        found[m["profile"]] = (float(nb["wall_s"]), m.get("run", path.parent.name), when, cpu)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a partial or foreign manifest times nothing
+    return found
+
+
+def describe_profile(profile, notebook: str, root=None) -> str:
+    """What a notebook says first: the profile it runs, how long this notebook took with each profile in the
+    studies of this checkout (none yet: says so, never a guess), and how to pick another profile."""
+    times = study_times(notebook, root)
+    lines = [f"profile {profile!r} ({profile_path(profile).name})"]
+    for name in dict.fromkeys([str(profile), *list_profiles()]):
+        if name in times:
+            seconds, run, when, cpu = times[name]
+            lines.append(f"  {name}: this notebook took {_duration(seconds)} in the study reports/{run}/ of {when} "
+                         f"({cpu})")
+        else:
+            lines.append(f"  {name}: no {name} study in this checkout to time this notebook yet "
+                         f"(fer study --profile {name} records one in reports/<run>/manifest.json)")
+    others = [n for n in list_profiles() if n != str(profile)] or ["full"]
+    lines.append(f"another profile: profile = {others[0]!r} in the parameters cell, papermill -p profile {others[0]}, "
+                 f"or the whole study: fer study --profile {others[0]}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import CLASS_NAMES, IMAGE_SIZE, SPLITS, build_hdf5, read_info, write_hdf5
+from .data import CLASS_NAMES, IMAGE_SIZE, SETUP_H5, SPLITS, build_hdf5, find_h5, read_info, repo_root, write_hdf5
 from .errors import UserError, check_output_path
 
 SYNTHETIC_NOTICE = """\
@@ -106,8 +106,15 @@ def prepare_dataset(source, h5_path, synthetic_per_class=(400, 60, 60), seed: in
 
     source given: ingest it (build_hdf5; reused if unchanged). No source: keep a real
     FER-2013 file already at h5_path (never overwrite one with cartoons), else write
-    synthetic faces there and say so loudly.
+    synthetic faces there and say so loudly. h5_path None: data.find_h5's choice (a source goes to
+    data/fer2013.h5, no source keeps the set-up's file), else synthetic faces where the set-up without data
+    writes them (its last choice, so that real data made later is found first).
     """
+    if h5_path is None:
+        try:
+            h5_path = find_h5(None, source)
+        except UserError:
+            h5_path = repo_root() / SETUP_H5[-1]
     h5_path = Path(h5_path)
     if source:
         build_hdf5(source, h5_path, resize=resize, progress=progress)

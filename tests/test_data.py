@@ -311,3 +311,26 @@ def test_real_fer2013_counts(real_h5, real_zip):
     x, y = load_split(real_h5, "val")
     assert x.shape == (3589, 48, 48) and x.dtype == np.uint8 and np.bincount(y).tolist() == cc["val"].tolist()
     assert 0.4 < info["mean"] < 0.6 and 0.2 < info["std"] < 0.4
+
+
+def test_find_h5_takes_the_setups_file_from_the_repo_root(tmp_path, monkeypatch):
+    from fer_lib.data import ROOT_ENV, SETUP_H5, find_h5
+    from fer_lib.errors import UserError
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # any working folder: the notebooks' is notebooks/
+    with pytest.raises(UserError, match=r"runs/study/smoke-real/fer2013.h5.*make study-smoke DATA="):
+        find_h5()
+    assert find_h5("x.h5") == "x.h5"                                        # a path is kept as given
+    assert find_h5(None, source="archive.zip") == str(tmp_path / "data" / "fer2013.h5")  # 01: where to write
+    for rel in reversed(SETUP_H5):                                          # the earliest that exists wins
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+        assert find_h5() == str(tmp_path / rel)
+
+
+def test_notebook_01_without_data_writes_synthetic_faces_where_the_setup_does(tmp_path, monkeypatch):
+    from fer_lib.data import ROOT_ENV, SETUP_H5, find_h5
+    from fer_lib.synthetic import prepare_dataset
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    info = prepare_dataset("", None, (3, 2, 2), progress=False)
+    assert info["synthetic"] and info["path"] == str(tmp_path / SETUP_H5[-1]) == find_h5()
