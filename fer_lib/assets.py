@@ -14,7 +14,7 @@ from pathlib import Path
 
 # The live model: what `fer video`, `fer predict` and notebooks 04/05 use unless told otherwise. The single
 # network with the best int8 PublicTest (fer quantize) that runs Megamind at 2x real time or more on a 2-core
-# AVX2 CPU (README, "int8: the live model"). Relative to the checkout; the wheel keeps its file name.
+# AVX2 CPU (reports/findings.md, "int8: the live model"). Relative to the checkout; the wheel keeps its file name.
 LIVE_MODEL = "models/vgg_crop44_int8_fer2013.pt"
 LIVE_ONNX = "models/vgg_crop44_int8_fer2013.onnx"  # the same network for onnxruntime, its own int8 graph
 MODEL_CARD = "models/vgg_crop44_int8_fer2013.md"

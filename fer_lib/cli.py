@@ -31,7 +31,7 @@ COMMANDS = {
     "stream": ("fer_lib.stream", "score the label smoothers on a labelled face stream"),
     "synthetic": ("fer_lib.synthetic", "write procedural FER-shaped faces to an HDF5 file"),
     "study": ("fer_lib.study", "run notebooks 01-05 with papermill and render reports"),
-    "report": ("fer_lib.report", "regenerate a README block from the committed runs"),
+    "report": ("fer_lib.report", "regenerate a README or findings-page block from the committed runs"),
 }
 
 

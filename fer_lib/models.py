@@ -429,7 +429,7 @@ def load_model(path) -> Classifier:
                                      "members")}
     quant = ckpt.get("quantization")
     if quant and INT8_ENGINE not in torch.backends.quantized.supported_engines:
-        # an ARM CPU, say: the float weights predict nearly the same (README, "int8: the live model")
+        # an ARM CPU, say: the float weights predict nearly the same (reports/findings.md, "int8: the live model")
         warnings.warn(f"{path}: this CPU has no {INT8_ENGINE} int8 kernels; its float weights run instead",
                       stacklevel=2)
         quant = None

@@ -1,11 +1,12 @@
-"""What a study run tells its readers: provenance for the manifest, and the README's generated blocks
-(the front page is fer_lib.frontpage).
+"""What a study run tells its readers: provenance for the manifest, and the generated blocks of the README
+(the live model's results) and of the findings page, reports/findings.md (every other block: the lab notes
+beside the front page, which is fer_lib.frontpage).
 
     fer report results models/vgg_small_fer2013.pt reports/vgg_small_fer2013/metrics.json
     fer report tuning --search reports/full-real/03_optuna.json 'untuned=...metrics.json' ...
     fer report ablation RUN_DIR...            # the first run is the reference
 
-Every number in a README block is read from files the runs wrote, never typed in.
+Every number in a block is read from files the runs wrote, never typed in.
 """
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ from .train import TrainConfig, model_kwargs
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/profiles/full.yaml"  # vgg_small's recipe: the full profile's train section
 DEFAULT_TRAIN_ARGS = f"--config {DEFAULT_CONFIG}"
+FINDINGS = Path("reports/findings.md")  # where every block but the README's `results` lives (from the repo root)
+
+
+def block_file(name: str) -> Path:
+    """The file that holds the generated block NAME: the README the live model's results, the findings page the rest."""
+    return Path("README.md") if name == "results" else FINDINGS
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -57,10 +64,10 @@ def describe_data(h5) -> dict:
             "synthetic": info["synthetic"], "counts": info["counts"]}
 
 
-# ----------------------------------------------------------------------------- README results
+# ----------------------------------------------------------------------------- generated blocks
 
 def readme_markers(name: str) -> tuple[str, str]:
-    """The comment pair around a generated README block."""
+    """The comment pair around a generated block (README or findings page)."""
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
@@ -68,7 +75,7 @@ README_START, README_END = readme_markers("results")
 
 
 def _made_by(*words) -> str:
-    """The first line of a generated README block: the `fer report` command that makes it (the README test reruns it)."""
+    """The first line of a generated README block: the `fer report` command that makes it (tests/test_report.py reruns it)."""
     return f"<!-- made by: {shlex.join(['fer', 'report', *map(str, words)])} -->"
 
 
@@ -139,7 +146,7 @@ def _accuracy_table(m: dict) -> list[str]:
 
 
 def readme_ensemble(checkpoint: Path, metrics_json: Path, top: int = 5, block: str = "ensemble") -> str:
-    """The README block of a `fer ensemble --choose` checkpoint: its members, the PublicTest choice among
+    """The findings-page block of a `fer ensemble --choose` checkpoint: its members, the PublicTest choice among
     the subsets (reports/<name>/selection.json), and its evaluation (metrics.json beside it)."""
     import torch
 
@@ -248,7 +255,7 @@ def _model_of(cfg: dict):
 
 
 def readme_tuning(entries, study_json: Path | None = None, block: str = "tuning") -> str:
-    """The README's tuned-against-untuned block: the search in a sentence (from study_json), then one
+    """The findings page's tuned-against-untuned block: the search in a sentence (from study_json), then one
     table row per (label, metrics.json of `fer evaluate`); the first row is the reference.
 
         python -m fer_lib.report tuning --search reports/full-real/03_optuna.json \\
@@ -276,7 +283,7 @@ def readme_tuning(entries, study_json: Path | None = None, block: str = "tuning"
                         *(["--search", str(study_json)] if study_json else []),
                         *(shlex.quote(f"{label}={path}") for label, path in entries)])
     return "\n".join([
-        f"<!-- made by: {command} -->",  # the README test reruns it
+        f"<!-- made by: {command} -->",  # tests/test_report.py reruns it
         *([search_summary(study_json), ""] if study_json else []),
         "| recipe | model | optimizer / scheduler | batch | lr | epochs | training time (median epoch) | PublicTest "
         "| PrivateTest [95% CI] | vs first row, points (Public / Private) | report |",
@@ -371,7 +378,7 @@ def ablation_table(run_dirs) -> str:
 
 
 def update_readme(readme: Path, block: str, name: str = "results") -> None:
-    """Replace what lies between <!-- NAME:start --> and <!-- NAME:end --> in the README."""
+    """Replace what lies between <!-- NAME:start --> and <!-- NAME:end --> in a README or the findings page."""
     start, end = readme_markers(name)
     text = readme.read_text()
     if start not in text or end not in text:
@@ -382,37 +389,39 @@ def update_readme(readme: Path, block: str, name: str = "results") -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--file", "--readme", dest="readme", type=Path, default=None,
+                   help=f"the file holding the block (default: README.md for results, {FINDINGS} for the others)")
     sub = p.add_subparsers(dest="block", required=True)
     r = sub.add_parser("results", help="a committed model's results")
     r.add_argument("checkpoint", type=Path)
     r.add_argument("metrics", type=Path, help="its fer evaluate metrics.json")
     r.add_argument("--block", dest="readme_block", default="results",
-                   help="README block name (results: the live model; accurate: the accurate one)")
+                   help="block name (results: the live model, in the README; accurate: the accurate one)")
     r.add_argument("--train-args", default=DEFAULT_TRAIN_ARGS, help="the fer train options that made it")
     e = sub.add_parser("ensemble", help="a fer ensemble checkpoint: its choice on PublicTest and its results")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("metrics", type=Path, help="its fer evaluate metrics.json (selection.json beside it)")
-    e.add_argument("--block", dest="readme_block", default="ensemble", help="README block name")
+    e.add_argument("--block", dest="readme_block", default="ensemble", help="block name")
     t = sub.add_parser("tuning", help="tuned against untuned recipes at full budget")
     t.add_argument("--search", type=Path, help="notebook 03's 03_optuna.json")
-    t.add_argument("--block", dest="readme_block", default="tuning", help="README block name")
+    t.add_argument("--block", dest="readme_block", default="tuning", help="block name")
     t.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON", help="the first is the reference")
     mo = sub.add_parser("models", help="models side by side (the distillation rows)")
     mo.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON")
-    mo.add_argument("--block", dest="readme_block", default="distillation", help="README block name")
+    mo.add_argument("--block", dest="readme_block", default="distillation", help="block name")
     b = sub.add_parser("ablation", help="the engine additions at one equal budget, on PublicTest")
     b.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="the first is the reference")
 
 
 def run(args) -> int:
+    args.readme = args.readme or block_file(getattr(args, "readme_block", args.block))
     if args.block == "results":
         update_readme(args.readme, readme_results(args.checkpoint, args.metrics, args.train_args, args.readme_block),
                       args.readme_block)
     elif args.block == "ensemble":
         update_readme(args.readme, readme_ensemble(args.checkpoint, args.metrics, block=args.readme_block),
                       args.readme_block)
-    elif args.block == "ablation":  # README, and beside the runs for notebook 02
+    elif args.block == "ablation":  # the findings page, and beside the runs for notebook 02
         table = ablation_table(args.runs)
         update_readme(args.readme, table, "ablation")
         write_atomic(Path(args.runs[0]).parent / "ablation.md", table + "\n")
