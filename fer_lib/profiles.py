@@ -74,9 +74,10 @@ def _duration(seconds: float) -> str:
 
 def study_times(notebook: str, root=None) -> dict:
     """{profile: (seconds, run, date, cpu)}: how long `notebook` ("04" or "04_evaluate") took in the latest
-    finished study of each profile under root/reports/ (their manifest.json), on the CPU named there."""
-    found = {}
-    for path in sorted(Path(root or repo_root()).glob("reports/*/manifest.json")):
+    finished study of each profile under root/reports/ (the committed ones) and root/runs/reports/ (a user's),
+    from their manifest.json, on the CPU named there."""
+    found, root = {}, Path(root or repo_root())
+    for path in sorted([*root.glob("reports/*/manifest.json"), *root.glob("runs/reports/*/manifest.json")]):
         try:
             m = json.loads(path.read_text())
             env = m.get("environment") or {}
@@ -85,7 +86,8 @@ def study_times(notebook: str, root=None) -> dict:
                     when = (nb.get("end") or m.get("start") or "")[:10]
                     cpu = f"{env.get('cpu', 'a CPU')}, {env.get('cpu_count', '?')} cores"
                     if m["profile"] not in found or when > found[m["profile"]][2]:
-                        found[m["profile"]] = (float(nb["wall_s"]), m.get("run", path.parent.name), when, cpu)
+                        found[m["profile"]] = (float(nb["wall_s"]), path.parent.relative_to(root).as_posix(), when,
+                                               cpu)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a partial or foreign manifest times nothing
     return found
@@ -99,7 +101,7 @@ def describe_profile(profile, notebook: str, root=None) -> str:
     for name in dict.fromkeys([str(profile), *list_profiles()]):
         if name in times:
             seconds, run, when, cpu = times[name]
-            lines.append(f"  {name}: this notebook took {_duration(seconds)} in the study reports/{run}/ of {when} "
+            lines.append(f"  {name}: this notebook took {_duration(seconds)} in the study {run}/ of {when} "
                          f"({cpu})")
         else:
             lines.append(f"  {name}: no {name} study in this checkout to time this notebook yet "

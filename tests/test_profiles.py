@@ -74,14 +74,14 @@ def test_notebook_parameters_are_the_profile_paths_and_overrides():
 def test_describe_profile_times_a_notebook_from_the_studies_manifests(tmp_path):
     import json
     from fer_lib.profiles import describe_profile
-    (tmp_path / "reports" / "smoke-real").mkdir(parents=True)
-    (tmp_path / "reports" / "smoke-real" / "manifest.json").write_text(json.dumps({
+    (tmp_path / "runs" / "reports" / "smoke-real").mkdir(parents=True)   # where make study-smoke writes
+    (tmp_path / "runs" / "reports" / "smoke-real" / "manifest.json").write_text(json.dumps({
         "run": "smoke-real", "profile": "smoke", "start": "2026-12-07T09:00:00+00:00",
         "environment": {"cpu": "Some CPU", "cpu_count": 2},
         "notebooks": [{"name": "04_evaluate", "status": "ok", "wall_s": 42.4, "end": "2026-12-07T09:01:00+00:00"}]}))
     text = describe_profile("smoke", "04", root=tmp_path)
     assert text.startswith("profile 'smoke'")
-    assert "smoke: this notebook took 42 s in the study reports/smoke-real/ of 2026-12-07 (Some CPU, 2 cores)" in text
+    assert "smoke: this notebook took 42 s in the study runs/reports/smoke-real/ of 2026-12-07 (Some CPU, 2 cores)" in text
     assert "full: no full study in this checkout" in text          # no guess where nothing was measured
     assert "profile = 'full' in the parameters cell" in text
     assert "no smoke study" in describe_profile("smoke", "02", root=tmp_path)
