@@ -363,8 +363,13 @@ ROOT_ENV = "FER_ROOT"   # the folder SETUP_H5 is relative to; unset: the checkou
 
 
 def repo_root() -> Path:
-    """The checkout the set-up ran in: $FER_ROOT, else the package's parent (as fer_lib.study.ROOT)."""
-    return Path(os.environ.get(ROOT_ENV) or Path(__file__).resolve().parents[1])
+    """The checkout the notebooks belong to: $FER_ROOT; else the folder above the working folder when that is
+    a notebooks/ folder (JupyterLab and papermill run a notebook there, in a clone or a copy of one); else the
+    checkout this package sits in (as fer_lib.study.ROOT)."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV])
+    here = Path.cwd()
+    return here.parent if here.name == "notebooks" else Path(__file__).resolve().parents[1]
 
 
 def find_h5(path=None, source: str = "") -> str:

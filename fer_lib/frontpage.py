@@ -198,7 +198,7 @@ def finding_03(rd: Path, m: dict):
                  + f"; chosen on PublicTest: {chosen['role']} (trial {chosen['trial']}, "
                    f"{_pct(chosen['final_val_acc'])})")
     else:
-        text += " (whether it holds at the full budget: the README's tuning table)"
+        text += " (whether it holds at the full budget: the tuning table of reports/findings.md)"
     return text + ".", _figs(rd, "03_optimization_history.png", "03_transfer.png")
 
 

@@ -328,6 +328,22 @@ def test_find_h5_takes_the_setups_file_from_the_repo_root(tmp_path, monkeypatch)
         assert find_h5() == str(tmp_path / rel)
 
 
+def test_a_notebook_in_a_notebooks_folder_finds_the_data_of_its_own_checkout(tmp_path, monkeypatch):
+    """JupyterLab over a copy of the repo: the data beside that copy's notebooks/, never the installed
+    package's checkout (which a notebook run elsewhere must not write into)."""
+    from fer_lib.data import ROOT_ENV, SETUP_H5, find_h5, repo_root
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert repo_root() == tmp_path
+    assert find_h5(None, source="fer2013.csv") == str(tmp_path / "data" / "fer2013.h5")
+    (tmp_path / SETUP_H5[1]).parent.mkdir(parents=True)
+    (tmp_path / SETUP_H5[1]).touch()
+    assert find_h5() == str(tmp_path / SETUP_H5[1])
+    monkeypatch.chdir(tmp_path)                            # elsewhere: the package's own checkout
+    assert repo_root() == type(tmp_path)(__file__).resolve().parents[1]
+
+
 def test_notebook_01_without_data_writes_synthetic_faces_where_the_setup_does(tmp_path, monkeypatch):
     from fer_lib.data import ROOT_ENV, SETUP_H5, find_h5
     from fer_lib.synthetic import prepare_dataset

@@ -176,3 +176,45 @@ def test_a_stopped_study_resumes_where_it_stopped_and_ends_as_an_unbroken_one(tm
     assert main(unbroken) == 0
     assert (report / "metrics.json").read_text() == (tmp_path / "reports" / "unbroken" / "metrics.json").read_text()
     assert main([*unbroken, "--overwrite"]) == 0                           # asked for: replaced
+
+
+def test_the_real_notebooks_killed_mid_training_resume_to_an_unbroken_runs_result(tmp_path):
+    """Notebooks 01 and 02 (smoke, synthetic): SIGTERM after 02's first epoch, then --resume. The finished
+    epoch is not trained again (its history row, time and all, is the stopped run's), and the result is the
+    unbroken run's: the same epochs, losses and PublicTest accuracies (issue 34)."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for name in ("01_preprocess.ipynb", "02_train_cnn.ipynb"):
+        (nbs / name).write_bytes((ROOT / "notebooks" / name).read_bytes())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def study(run, *extra):
+        return [sys.executable, "-m", "fer_lib.cli", "study", "--notebooks", str(nbs), "--out", str(tmp_path / "reports"),
+                "--work", str(tmp_path / "runs"), "--run", run, "-p", "train.epochs=3", "-p", "train.train_fraction=0.5",
+                *extra]
+    proc = subprocess.Popen(study("r"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history = tmp_path / "runs" / "r" / "train" / "history.json"
+    deadline = time.time() + 600
+    try:
+        while not (history.exists() and len(json.loads(history.read_text() or "[]")) >= 1):
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the study ended before its first epoch (rc {proc.poll()}): {proc.communicate()}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    stopped = json.loads(history.read_text())
+    assert 1 <= len(stopped) < 3, "stopped after the last epoch: nothing left to resume"
+    resumed = subprocess.run(study("r", "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming r: 01_preprocess finished before; 1 to run" in resumed.stdout
+    unbroken = subprocess.run(study("u"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert unbroken.returncode == 0, unbroken.stderr
+    got = json.loads(history.read_text())
+    want = json.loads((tmp_path / "runs" / "u" / "train" / "history.json").read_text())
+    assert got[:len(stopped)] == stopped                               # not trained again
+    timeless = [{k: v for k, v in row.items() if k not in ("time_s", "ran_on")} for row in got]
+    assert timeless == [{k: v for k, v in row.items() if k not in ("time_s", "ran_on")} for row in want]
+    assert json.loads((tmp_path / "reports" / "r" / "manifest.json").read_text())["status"] == "ok"
