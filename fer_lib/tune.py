@@ -43,7 +43,7 @@ from scipy.stats import spearmanr
 from . import train
 from .data import read_info
 from .environment import describe_environment, describe_machine
-from .errors import UserError
+from .errors import UserError, check_output_path
 from .flags import add_dataclass_arguments, check_settings, dataclass_from_arguments, setting
 from .io import mask_url, pid_alive, read_config, write_atomic
 from .models import create_model, load_checkpoint
@@ -790,6 +790,7 @@ def add_arguments(p) -> None:
     p.add_argument("--export-trial", type=int, metavar="N", help="write trial N's whole training config, from the "
                    "storage, to OUT/trial_N.json (at the trial's budget; --final-budget: at the final one) and stop")
     p.add_argument("--final-budget", action="store_true", help="with --export-trial: at the final budget")
+    p.add_argument("--overwrite", action="store_true", help="with --export-trial: replace OUT/trial_N.json")
     p.add_argument("--status", action="store_true", help="print the study's trials and what is left (epochs, and "
                    "hours at this CPU's measured speed), even while it runs; writes nothing. Give the run's --config")
 
@@ -806,13 +807,16 @@ def load_existing(storage: str, out, study_name: str) -> optuna.Study:
         raise UserError(f"{describe_storage(storage, out)} holds no study {study_name!r}") from None
 
 
-def export_trial(study: optuna.Study, number: int, out, final: bool = False) -> Path:
-    """OUT/trial_<n>.json: what `fer train --config` needs to train trial n again (data and out aside)."""
+def export_trial(study: optuna.Study, number: int, out, final: bool = False, overwrite: bool = False) -> Path:
+    """OUT/trial_<n>.json: what `fer train --config` needs to train trial n again (data and out aside); an
+    existing one is replaced only with overwrite."""
     if not 0 <= number < len(study.trials) or not study.trials[number].params:
         raise UserError(f"--export-trial {number}: study {study.study_name!r} has no such trial with parameters "
                         f"(trials 0..{len(study.trials) - 1})")
+    path = Path(out) / f"trial_{number}.json"
+    check_output_path(path, "--export-trial", overwrite=overwrite)
     cfg = trial_config(study, study.trials[number], final=final)
-    return write_atomic(Path(out) / f"trial_{number}.json", json.dumps({"train_config": _recipe_fields(cfg)}, indent=2))
+    return write_atomic(path, json.dumps({"train_config": _recipe_fields(cfg)}, indent=2))
 
 
 def run(args) -> int:
@@ -824,7 +828,7 @@ def run(args) -> int:
         return 0
     if args.export_trial is not None:
         study = load_existing(args.storage, args.out, cfg.study_name)
-        path = export_trial(study, args.export_trial, args.out, args.final_budget)
+        path = export_trial(study, args.export_trial, args.out, args.final_budget, args.overwrite)
         print(f"wrote {path}; train it: fer train --data {args.data} --config {path}")
         return 0
     study = run_study(args.data, args.out, cfg, resolve_config(args.config), args.storage, args.worker, args.threads)

@@ -666,6 +666,13 @@ def test_any_trial_is_reproducible_from_the_storage(synthetic_h5, tmp_path, caps
     assert main([*args, "--export-trial", "7"]) == 2
     assert "no such trial" in capsys.readouterr().err
     assert main([*args[:-2], "--study", "other", "--export-trial", "0"]) == 2
+    before = (tmp_path / "trial_2.json").read_bytes()                 # an export is replaced only when asked
+    capsys.readouterr()
+    assert main([*args, "--export-trial", "2", "--final-budget"]) == 2
+    assert "trial_2.json: exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "trial_2.json").read_bytes() == before
+    assert main([*args, "--export-trial", "2", "--final-budget", "--overwrite"]) == 0
+    assert (tmp_path / "trial_2.json").read_bytes() != before
 
 
 def test_expected_epochs_follow_the_rungs():
