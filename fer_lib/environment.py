@@ -23,12 +23,13 @@ def cpu_flags() -> tuple[str, set]:
     return cpu, flags
 
 
-def native_bf16() -> bool:
+def native_bf16(flags: set | None = None) -> bool:
     """Whether this CPU computes bf16 in hardware (AMX or AVX-512 bf16). oneDNN also says yes to bare
     AVX-512 (Ice Lake, Skylake-X), where it emulates bf16: there `vgg` trained 2.5x slower than fp32
-    (12.7 against 32.3 faces/s, 2-core Ice Lake, 2026-12-07), so only the hardware counts."""
+    (12.7 against 32.3 faces/s, 2-core Ice Lake, 2026-12-07), so only the hardware counts. flags: cpu_flags()'s,
+    when the caller has read them."""
     import torch
-    _, flags = cpu_flags()
+    flags = cpu_flags()[1] if flags is None else flags
     if flags:
         return bool(flags & {"amx_bf16", "avx512_bf16"})
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # no flags to read (not Linux): oneDNN's word
@@ -48,7 +49,7 @@ def describe_environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu, "cpu_flags": cpu_flags_,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu",
-            "cpu_bf16": native_bf16(), "packages": versions}
+            "cpu_bf16": native_bf16(flags), "packages": versions}
 
 
 def describe_machine(m: dict | None) -> str:

@@ -68,7 +68,8 @@ def load_profile(profile, overrides: dict | None = None) -> dict:
             for step, cls in STEPS.items()}
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """'42 s', '77 min', '24.9 h'."""
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -101,11 +102,11 @@ def describe_profile(profile, notebook: str, root=None) -> str:
     for name in dict.fromkeys([str(profile), *list_profiles()]):
         if name in times:
             seconds, run, when, cpu = times[name]
-            lines.append(f"  {name}: this notebook took {_duration(seconds)} in the study {run}/ of {when} "
+            lines.append(f"  {name}: this notebook took {format_duration(seconds)} in the study {run}/ of {when} "
                          f"({cpu})")
         else:
             lines.append(f"  {name}: no {name} study in this checkout to time this notebook yet "
-                         f"(fer study --profile {name} records one in reports/<run>/manifest.json)")
+                         f"(fer study --profile {name} records one in runs/reports/<run>/manifest.json)")
     others = [n for n in list_profiles() if n != str(profile)] or ["full"]
     lines.append(f"another profile: profile = {others[0]!r} in the parameters cell, papermill -p profile {others[0]}, "
                  f"or the whole study: fer study --profile {others[0]}")

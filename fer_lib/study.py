@@ -468,8 +468,8 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         held.enter_context(stop_on_signals())
         from .data import source_sha256
         from .profiles import STEPS, load_profile
-        recipe = {step: dataclasses.asdict(cfg)  # what every step ran with: the profile and the -p overrides
-                  for step, cfg in load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}).items()}
+        cfgs = load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS})
+        recipe = {step: dataclasses.asdict(cfg) for step, cfg in cfgs.items()}  # the profile and the -p overrides
         # An earlier report is replaced only when asked (--overwrite), or continued (--resume). Neither deletes
         # a run: notebook 02 resumes or returns its finished training of the same configuration and refuses
         # another; notebook 03 resumes its search. A different recipe needs a new --run.
@@ -507,7 +507,7 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         if any(nb.stem[:2] in ("02", "03") for nb in notebooks[len(kept):]):  # the steps that train
             from .data import read_info
             counts = read_info(h5)["counts"] if Path(h5).exists() else FER2013_COUNTS if source else SYNTHETIC_COUNTS
-            plan_line = time_plan(load_profile(profile, {k: v for k, v in overrides.items() if k in STEPS}), counts)
+            plan_line = time_plan(cfgs, counts, manifest["environment"])
             print(plan_line.pop("line"), flush=True)
             manifest["time_plan"] = plan_line
         t_study, failure, stopped = time.time(), None, None
@@ -551,10 +551,12 @@ FER2013_COUNTS = {"train": 28709, "val": 3589, "test": 3589}
 SYNTHETIC_COUNTS = {"train": 7 * 400, "val": 7 * 60, "test": 7 * 60}   # notebook 01's synthetic_per_class
 
 
-def time_plan(cfgs: dict, counts: dict) -> dict:
+def time_plan(cfgs: dict, counts: dict, env: dict) -> dict:
     """The time of the steps that train (02 and 03), from the training speed of the recipe's model measured
-    now on this machine: {"cpu", "faces_per_s", "seconds": {"02": s, "03": s}, "line": what to print}.
-    03 counts its search's expected epochs under its pruner (capped by its timeout) and its finalists."""
+    now on this machine (env: its describe_environment): {"cpu", "faces_per_s", "seconds": {"02": s, "03": s},
+    "line": what to print}. 03 counts its search's expected epochs under its pruner (capped by its timeout)
+    and its finalists."""
+    from .profiles import format_duration as hours
     from .train import epoch_seconds, faces_per_second, pick_device
     from .tune import expected_epochs
     t, b = cfgs["train"], cfgs["tune"]
@@ -565,11 +567,8 @@ def time_plan(cfgs: dict, counts: dict) -> dict:
     search = search_epochs * trial if b.timeout is None else min(search_epochs * trial, b.timeout)
     final_epochs = (2 + b.final_top) * (b.final_epochs or t.epochs)  # both references and the best trials
     seconds = {"02": t.epochs * epoch, "03": search + final_epochs * epoch}
-    env, (_, amp) = describe_environment(), pick_device(t)
+    amp = pick_device(t)[1]
     precision = "fp32" if amp is None else str(amp).replace("torch.", "")
-
-    def hours(x):
-        return f"{x:.0f} s" if x < 90 else f"{x / 60:.0f} min" if x < 5400 else f"{x / 3600:.1f} h"
     line = (f"[study] time plan on {env['cpu']} ({env['cpu_count']} cores, {precision}), {speed:.0f} training "
             f"faces/s of {t.model} measured now: 02 about {hours(seconds['02'])} ({t.epochs} epochs of "
             f"{hours(epoch)}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search epochs of {hours(trial)}"

@@ -303,14 +303,16 @@ def test_time_plan_counts_each_training_step_at_the_measured_speed(monkeypatch):
     from fer_lib.study import FER2013_COUNTS, time_plan
     monkeypatch.setattr(train, "faces_per_second", lambda cfg: 100.0)
     cfgs = load_profile("full")
-    plan = time_plan(cfgs, FER2013_COUNTS)
+    env = {"cpu": "Some CPU", "cpu_count": 2}
+    plan = time_plan(cfgs, FER2013_COUNTS, env)
     epoch = 28709 / 100 + 3589 / 300
     t, b = cfgs["train"], cfgs["tune"]
     assert (b.n_trials, b.epochs_per_trial, b.min_epochs, b.reduction_factor, b.pruner) == (40, 9, 3, 2, "halving")
     search = 40 * (3 + 3 / 2 + 3 / 4)   # every trial 3 epochs, half of them 3 more, a quarter the last 3
     assert plan["seconds"] == {"02": round(t.epochs * epoch), "03": round(search * epoch + (2 + 3) * t.epochs * epoch)}
     assert plan["faces_per_s"] == 100.0 and "02 about 90 min (18 epochs of 5 min)" in plan["line"]
-    capped = time_plan({**cfgs, "tune": dataclasses.replace(b, timeout=60)}, FER2013_COUNTS)
+    assert plan["line"].startswith("[study] time plan on Some CPU (2 cores, ")
+    capped = time_plan({**cfgs, "tune": dataclasses.replace(b, timeout=60)}, FER2013_COUNTS, env)
     assert capped["seconds"]["03"] == round(60 + 5 * t.epochs * epoch)
 
 

@@ -20,6 +20,11 @@ STUBS = ROOT / "tests" / "fixtures" / "notebooks"
 HOST = socket.gethostname()
 
 
+def child_env() -> dict:
+    """The environment of a `fer study` subprocess: this checkout's fer_lib first."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def write_lock(folder: Path, **held) -> bytes:
     (folder / LOCK).write_text(json.dumps({"host": HOST, "since": "2026-01-01T00:00:00+00:00", **held}))
     return (folder / LOCK).read_bytes()
@@ -74,8 +79,7 @@ def start_study(tmp_path: Path, wait_s: int = 300) -> tuple[subprocess.Popen, li
     h5 = write_synthetic_h5(tmp_path / "s.h5", n_per_class=(3, 2, 2), seed=0)
     cmd = [sys.executable, "-m", "fer_lib.cli", "study", "--notebooks", str(STUBS), "--out", str(tmp_path / "reports"),
            "--work", str(tmp_path / "runs"), "--run", "r", "--h5", str(h5), "--only", "02", "-p", f"02.wait_s={wait_s}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, cmd
 
@@ -100,8 +104,7 @@ def test_a_stopped_study_kills_its_kernel_quietly_and_says_where_it_stopped(tmp_
         m = json.loads((report / "manifest.json").read_text())
         assert m["status"] == "running" and m["notebooks"][-1]["status"] == "running"
         if sig == signal.SIGINT:  # a second study into the run folder in use is refused, naming the first
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-            second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            second = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
             assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
             assert f"a study is running there (pid {proc.pid} on {HOST}" in second.stderr
             assert json.loads((report / "manifest.json").read_text()) == m   # the first study's manifest stands
@@ -136,7 +139,7 @@ def test_a_stopped_study_resumes_where_it_stopped_and_ends_as_an_unbroken_one(tm
     h5 = tmp_path / "s.h5"
     common = ["study", "--notebooks", str(STUBS), "--out", str(tmp_path / "reports"), "--work", str(tmp_path / "runs"),
               "--h5", str(h5), "-p", "02.wait_s=300"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-m", "fer_lib.cli", *common, "--run", "r"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -186,7 +189,7 @@ def test_the_real_notebooks_killed_mid_training_resume_to_an_unbroken_runs_resul
     nbs.mkdir()
     for name in ("01_preprocess.ipynb", "02_train_cnn.ipynb"):
         (nbs / name).write_bytes((ROOT / "notebooks" / name).read_bytes())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = child_env()
 
     def study(run, *extra):
         return [sys.executable, "-m", "fer_lib.cli", "study", "--notebooks", str(nbs), "--out", str(tmp_path / "reports"),
