@@ -106,17 +106,22 @@ def ours_label(checkpoint) -> str:
     return f"Ours: the shipped model {shipped}" if shipped else "Ours (this run)"
 
 
-def published_results_table(our_acc: float, our_ci=None, label: str = "Ours (this run)") -> pd.DataFrame:
-    """Our PrivateTest accuracy beside published FER-2013 results; only our row (named by label: this run's
-    checkpoint or the shipped model, ours_label) comes from an evaluation."""
-    ours = f"{100 * our_acc:.2f}%" + (f" (95% CI {100 * our_ci[0]:.1f}-{100 * our_ci[1]:.1f})" if our_ci else "")
+def published_results_table(our_acc: float, our_ci=None, label: str = "Ours (this run)",
+                            others=()) -> pd.DataFrame:
+    """Our PrivateTest accuracy beside published FER-2013 results; only our rows (named by label: this run's
+    checkpoint or the shipped model, ours_label; then each of `others`, (label, accuracy, ci)) come from an
+    evaluation."""
+    def ours(acc, ci):
+        return f"{100 * acc:.2f}%" + (f" (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f})" if ci else "")
+    protocol = "train on Training, select and calibrate on PublicTest, report PrivateTest once"
     rows = [
         ("Human estimate (Goodfellow et al. 2013)", "65 ± 5%", "human labellers on a sample of the images"),
         ("Challenge winner, Tang 2013 (CNN + linear SVM)", "71.16%",
          "Kaggle ICML 2013: PublicTest as leaderboard, PrivateTest scored once"),
         ("VGG, Pramerdorfer & Kampel 2016", "72.7%", "train on Training, select on PublicTest, report PrivateTest"),
         ("Original study (this project's predecessor)", "62-65%", "tuned on the test set (leakage)"),
-        (label, ours, "train on Training, select and calibrate on PublicTest, report PrivateTest once"),
+        (label, ours(our_acc, our_ci), protocol),
+        *((name, ours(acc, ci), protocol) for name, acc, ci in others),
     ]
     return pd.DataFrame(rows, columns=["method", "PrivateTest accuracy", "protocol"])
 

@@ -143,13 +143,33 @@ def _pct(x) -> str:
 
 
 def _metrics(report_dir: Path):
-    """notebook 04's metrics.json (in its checkpoint's subfolder) and that folder; (None, None) if there
-    is none with a plain PrivateTest row."""
-    data, rel = _json(report_dir, "*/metrics.json", "metrics.json")
+    """notebook 04's metrics.json of its headline model (04_evaluate.json names it; a report from before it
+    has one checkpoint's subfolder) and that folder; (None, None) if there is none with a plain PrivateTest row."""
+    listing, _ = _json(report_dir, "04_evaluate.json")
+    folder = next((x.get("folder") for x in (listing or {}).get("models", []) if x.get("role") == listing.get("headline")),
+                  None) if isinstance(listing, dict) else None
+    data, rel = _json(report_dir, f"{folder}/metrics.json") if folder else _json(report_dir, "*/metrics.json", "metrics.json")
     plain = ((data or {}).get("test") or {}).get("plain") if isinstance((data or {}).get("test"), dict) else None
     if not isinstance(plain, dict) or not {"accuracy", "accuracy_ci95"} <= set(plain):
         return None, None
     return data, str(Path(rel).parent)
+
+
+def _others(report_dir: Path) -> str:
+    """' Beside it: live 69.1% (...), ...': the other models 04 evaluated, and the live model's speed from 05."""
+    listing, _ = _json(report_dir, "04_evaluate.json")
+    if not isinstance(listing, dict):
+        return ""
+    video, _ = _json(report_dir, "05_video.json")
+    parts = []
+    for x in listing.get("models", []):
+        if x.get("role") == listing.get("headline"):
+            continue
+        part = f"{x['role']} `{x['model_name']}` {_pct(x['test_accuracy'])}"
+        if x["role"] == "live" and video:
+            part += f", {video['fps']:.0f} frames/s ({video['realtime_factor']:.1f}x real time) in notebook 05's video"
+        parts.append(part)
+    return f" Beside it on PrivateTest: {'; '.join(parts)}." if parts else ""
 
 
 def finding_01(rd: Path, m: dict):
@@ -252,11 +272,14 @@ def headline(rd: Path, m: dict):
     t = d["test"]["plain"]
     lo, hi = t["accuracy_ci95"]
     which = (m.get("checkpoint") or {}).get("why")
-    text = (f"`{d['model_name']}`{f' ({which})' if which else ''} scores {_pct(t['accuracy'])} on PrivateTest "
+    listing, _ = _json(rd, "04_evaluate.json")
+    role = f"the {listing['headline']} model, best on PublicTest, of " if isinstance(listing, dict) else ""
+    text = (f"`{d['model_name']}`{f' ({role}{which})' if which else ''} scores {_pct(t['accuracy'])} on PrivateTest "
             f"(95% CI {_pct(lo)} to {_pct(hi)}), trained on Training, its checkpoint chosen on PublicTest, "
-            "PrivateTest read once at the end.")
+            "PrivateTest read once at the end." + _others(rd))
     rows = []
-    table = rd / folder / "published_results.csv"
+    table = rd / "published_results.csv"   # notebook 04's, one row per model; before it, in the model's folder
+    table = table if table.exists() else rd / folder / "published_results.csv"
     if table.exists():
         with open(table, newline="") as f:
             rows = list(csv.reader(f))

@@ -426,7 +426,7 @@ def load_model(path) -> Classifier:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt).to(memory_format=torch.channels_last)
     meta = {k: ckpt.get(k) for k in ("model_name", "model_args", "epoch", "metric", "config", "history", "version",
-                                     "members")}
+                                     "members", "made_by")}
     quant = ckpt.get("quantization")
     if quant and INT8_ENGINE not in torch.backends.quantized.supported_engines:
         # an ARM CPU, say: the float weights predict nearly the same (reports/findings.md, "int8: the live model")

@@ -4,10 +4,11 @@ each checked against the step's dataclass, so a misspelt key is an error that na
     from fer_lib.profiles import load_profile
     recipe = load_profile("smoke", {"train": {"epochs": 3}})   # {"train": TrainConfig(...), "tune": ...}
 
-`smoke` runs the whole study in minutes on a 2-core CPU; `full` is the real study, and its `train`
-section is the recipe of the committed models/vgg_small_fer2013.pt. A notebook's parameters cell names the profile and an
-`overrides` dict; `fer study -p train.epochs=3` fills that dict for every notebook. `describe_profile` is the
-first line a notebook prints: its profile, what that notebook took in the studies run here, how to pick another.
+`smoke` runs the whole study in minutes on a 2-core CPU; `full` is the real study: its `train` section is
+the recipe of the accurate model, and its `models` section what notebook 02 makes from it (fer_lib.chain).
+A notebook's parameters cell names the profile and an `overrides` dict; `fer study -p train.epochs=3` fills
+that dict for every notebook. `describe_profile` is the first line a notebook prints: its profile, what that
+notebook took in the studies run here, how to pick another.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .chain import ModelsConfig
 from .data import repo_root
 from .errors import UserError
 from .evaluate import EvalConfig
@@ -25,7 +27,7 @@ from .tune import TuneConfig
 from .video import VideoConfig
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
-STEPS = {"train": TrainConfig, "tune": TuneConfig, "evaluate": EvalConfig, "stream": StreamConfig,
+STEPS = {"train": TrainConfig, "models": ModelsConfig, "tune": TuneConfig, "evaluate": EvalConfig, "stream": StreamConfig,
          "video": VideoConfig}
 
 

@@ -50,7 +50,9 @@ NBVAL_WORK = "../../runs/nbval"                 # the nbval notebooks' data and 
 COMMITTED_CHECKPOINT = ROOT / LIVE_MODEL
 PUBLISHED = ROOT / "reports"                    # the committed reports: written only by fer study --publish
 DEFAULT_OUT = "runs/reports"                    # a user's run: its own folder, beside its checkpoints
-TRAINED_CHECKPOINT = "train/best.pt"            # under WORK/RUN/: notebook 02 trains in run_dir=WORK/RUN/train
+TRAINED_CHECKPOINT = "train/made.json"          # under WORK/RUN/: the models notebook 02 made (fer_lib.chain)
+TRAINED_LIVE = "train/live.pt"                  # ... and the live one of them, which notebook 05 runs
+TRAININGS = "trainings"                         # under WORK/: every run's trainings, keyed by recipe and data
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SYNTHETIC_BANNER = """
 ==============================================================================
@@ -261,13 +263,15 @@ def parse_overrides(items) -> dict:
 
 
 def wire_parameters(prefix: str, profile: str, report_dir: str, work: str, source: str, h5: str,
-                    checkpoint: str, video: str | None = None) -> dict:
-    """The data wiring of notebook NN: which file each step reads and writes (video None: 05's default)."""
+                    checkpoint: str, video: str | None = None, live: str | None = None,
+                    trainings: str | None = None) -> dict:
+    """The data wiring of notebook NN: which file each step reads and writes (video None: 05's default;
+    live None: 05 runs `checkpoint`; trainings None: WORK/trainings)."""
     per = {"01": {"source": source, "h5_path": h5},
-           "02": {"h5_path": h5, "run_dir": f"{work}/train"},
+           "02": {"h5_path": h5, "run_dir": f"{work}/train", "trainings_dir": trainings or f"{work}/{TRAININGS}"},
            "03": {"h5_path": h5, "run_dir": f"{work}/tune"},
            "04": {"h5_path": h5, "checkpoint": checkpoint},
-           "05": {"h5_path": h5, "checkpoint": checkpoint, "out_path": f"{work}/overlay.mp4",
+           "05": {"h5_path": h5, "checkpoint": live or checkpoint, "out_path": f"{work}/overlay.mp4",
                   **({} if video is None else {"source": video})}}
     return {"profile": profile, "report_dir": report_dir, **per.get(prefix, {})}
 
@@ -452,13 +456,16 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
     # the full study evaluates what its own notebook 02 trained.
     if source and profile != "full" and COMMITTED_CHECKPOINT.exists():
         checkpoint, why = str(COMMITTED_CHECKPOINT), f"the study's live model ({LIVE_MODEL})"
+        live = checkpoint
     else:
-        checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the checkpoint notebook 02 trained in this run"
+        checkpoint, why = str(work_dir / TRAINED_CHECKPOINT), "the models notebook 02 made in this run"
+        live = str(work_dir / TRAINED_LIVE)
     notebooks = list_notebooks(notebooks_dir, only)
     overrides = hide_passwords(overrides or {})
     video = str(Path(video).resolve()) if video and not video.isdigit() else video
     plan = plan_study(notebooks, overrides or {}, profile=profile, report_dir=str(report_dir),
-                      work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint, video=video)
+                      work=str(work_dir), source=source, h5=h5, checkpoint=checkpoint, video=video, live=live,
+                      trainings=str(Path(work).resolve() / TRAININGS))  # shared by the runs in WORK
     inputs = [Path(f) for f in (source, h5, video) if f and not f.isdigit()]  # the files the report names
     names = machine_paths(Path(out).resolve(), Path(work).resolve(), inputs)
     with ExitStack() as held:
@@ -529,6 +536,13 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
         if not faces:  # before the manifest's last write, which then keeps the list
             manifest["faces_left_out"] = leave_out_faces(report_dir, notebooks_dir)
         manifest["data"].update(describe_data(h5))
+        made = work_dir / TRAINED_CHECKPOINT
+        if made.is_file():  # the models notebook 02 made: the ones models/ may ship, each by its sha256
+            from .chain import made_models
+            try:
+                manifest["outputs"] = {role: {"path": str(p), "sha256": source_sha256(p)} for role, p in made_models(made)}
+            except UserError as e:
+                manifest["outputs"] = {"error": str(e)}
         # wall_s: the compute of every sitting (a resumed run's earlier notebooks keep their own times)
         manifest.update(status="interrupted" if stopped else "failed" if failure else "ok", end=now(),
                         wall_s=round(time.time() - t_study + sum(n.get("wall_s") or 0 for n in
@@ -552,30 +566,39 @@ SYNTHETIC_COUNTS = {"train": 7 * 400, "val": 7 * 60, "test": 7 * 60}   # noteboo
 
 
 def time_plan(cfgs: dict, counts: dict, env: dict) -> dict:
-    """The time of the steps that train (02 and 03), from the training speed of the recipe's model measured
-    now on this machine (env: its describe_environment): {"cpu", "faces_per_s", "seconds": {"02": s, "03": s},
-    "line": what to print}. 03 counts its search's expected epochs under its pruner (capped by its timeout)
-    and its finalists."""
+    """The time of the steps that train (02 and 03), from training speeds measured now on this machine (env:
+    its describe_environment): {"cpu", "faces_per_s", "seconds": {"02": s, "03": s}, "line": what to print}.
+    02 counts every training of the chain (the recipe and each member seed); 03 its search's expected epochs
+    under its pruner (capped by its timeout) and its finalists, at the speed of the recipe it searches from."""
+    from .chain import member_configs
     from .profiles import format_duration as hours
     from .train import epoch_seconds, faces_per_second, pick_device
-    from .tune import expected_epochs
+    from .tune import expected_epochs, search_recipe
     t, b = cfgs["train"], cfgs["tune"]
+    s = search_recipe(t, b)
     speed = faces_per_second(t)
+    search_speed = speed if (s.model, s.model_args, s.crop, s.batch_size) == (t.model, t.model_args, t.crop,
+                                                                              t.batch_size) else faces_per_second(s)
+    n_train = len(member_configs(t, cfgs["models"]))
     epoch = epoch_seconds(speed, counts["train"] * t.train_fraction, counts["val"])
-    trial = epoch_seconds(speed, counts["train"] * b.train_fraction, counts["val"])
+    final_epoch = epoch_seconds(search_speed, counts["train"] * s.train_fraction, counts["val"])
+    trial = epoch_seconds(search_speed, counts["train"] * b.train_fraction, counts["val"])
     search_epochs = b.n_trials * expected_epochs(b.pruner, b.epochs_per_trial, b.min_epochs, b.reduction_factor)
     search = search_epochs * trial if b.timeout is None else min(search_epochs * trial, b.timeout)
-    final_epochs = (2 + b.final_top) * (b.final_epochs or t.epochs)  # both references and the best trials
-    seconds = {"02": t.epochs * epoch, "03": search + final_epochs * epoch}
+    final_epochs = (2 + b.final_top) * (b.final_epochs or s.epochs)  # both references and the best trials
+    seconds = {"02": n_train * t.epochs * epoch, "03": search + final_epochs * final_epoch}
     amp = pick_device(t)[1]
     precision = "fp32" if amp is None else str(amp).replace("torch.", "")
+    searched = "" if s.model == t.model else f" of {s.model} at {search_speed:.0f} faces/s"
     line = (f"[study] time plan on {env['cpu']} ({env['cpu_count']} cores, {precision}), {speed:.0f} training "
-            f"faces/s of {t.model} measured now: 02 about {hours(seconds['02'])} ({t.epochs} epochs of "
-            f"{hours(epoch)}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search epochs of {hours(trial)}"
-            f"{', or its timeout' if b.timeout is not None else ''}, {final_epochs} finalist epochs); 01, 04 and 05 "
-            f"take minutes. Stopped, `--resume` continues at the unfinished step and epoch.")
+            f"faces/s of {t.model} measured now: 02 about {hours(seconds['02'])} ({n_train} training(s) of "
+            f"{t.epochs} epochs of {hours(epoch)}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search "
+            f"epochs of {hours(trial)}{searched}{', or its timeout' if b.timeout is not None else ''}, "
+            f"{final_epochs} finalist epochs); 01, 04 and 05 take minutes; in all about "
+            f"{hours(sum(seconds.values()))}. Stopped, `--resume` continues at the unfinished step and epoch.")
     return {"cpu": env["cpu"], "precision": precision, "faces_per_s": round(speed, 1),
-            "seconds": {k: round(v) for k, v in seconds.items()}, "line": line}
+            "search_faces_per_s": round(search_speed, 1), "seconds": {k: round(v) for k, v in seconds.items()},
+            "line": line}
 
 
 def _read_manifest(report_dir: Path) -> dict | None:
@@ -679,6 +702,7 @@ def write_nbval_refs(notebooks_dir=NOTEBOOKS, out_dir=NBVAL_DIR, only: str | Non
         shutil.rmtree(out_dir / work, ignore_errors=True)
     plan = plan_study(notebooks, {}, profile="smoke", report_dir=f"{work}/reports", work=work,
                       source="", h5=f"{work}/synthetic.h5", checkpoint=f"{work}/{TRAINED_CHECKPOINT}",
+                      live=f"{work}/{TRAINED_LIVE}",
                       video="")   # no clip: 05 makes its labelled stream clip, the same on every machine
     written = []
     for i, nb in enumerate(notebooks, 1):

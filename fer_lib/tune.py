@@ -72,9 +72,20 @@ class TuneConfig:
     final_epochs: int | None = setting(None, low=1)  # the final budget; None: the recipe's own epochs (the train section's)
     study_name: str = "fer"           # workers (and reruns) with the same storage and name share the study
     seed: int = setting(0, low=0)     # seeds the TPE sampler and every trial's training
+    base: dict = dataclasses.field(default_factory=dict)  # changes to the train recipe for the search (search_recipe)
 
     def __post_init__(self):
         check_settings(self)
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.base) - names)
+        if unknown:
+            raise UserError(f"tune.base: {unknown[0]!r} is not a TrainConfig field")
+
+
+def search_recipe(recipe: TrainConfig, budget: TuneConfig) -> TrainConfig:
+    """The recipe the search starts from: the profile's train recipe with budget.base's changes, so that a
+    profile whose accurate model is hours an epoch can search (and retrain its finalists) on a cheaper one."""
+    return dataclasses.replace(recipe, **budget.base)
 
 
 HEARTBEAT_S = 60  # RDB storages: a trial silent for 2 heartbeats is failed (a worker died on another machine)
@@ -447,8 +458,9 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
     """Run trials until the study has budget.n_trials finished ones (all workers together) or budget.timeout
     seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
 
-    base is the recipe searched around, at its final budget (its own epochs, or budget.final_epochs, and its
-    train_fraction); trials train budget.epochs_per_trial epochs on budget.train_fraction of Training.
+    base is the recipe searched around (with budget.base's changes: search_recipe), at its final budget (its
+    own epochs, or budget.final_epochs, and its train_fraction); trials train budget.epochs_per_trial epochs
+    on budget.train_fraction of Training.
     budget.workers > 1 starts workers - 1 more processes on the same study beside this one, each with one
     thread (benchmarks/tune_workers.py: faster than one process with every thread)."""
     b = budget or TuneConfig()
@@ -456,7 +468,8 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
     storage = storage or os.environ.get(STORAGE_ENV, "")  # keeps a password off the command line
     out = Path(out)
-    recipe = dataclasses.replace(base or TrainConfig(), data=str(data), out=str(out), seed=b.seed, progress=False)
+    recipe = dataclasses.replace(search_recipe(base or TrainConfig(), b), data=str(data), out=str(out), seed=b.seed,
+                                 progress=False)
     if b.final_epochs:
         recipe = dataclasses.replace(recipe, epochs=b.final_epochs)
     epochs, min_epochs = b.epochs_per_trial, min(b.min_epochs, b.epochs_per_trial)

@@ -8,7 +8,7 @@ LAYERS = {
     0: {"errors", "io", "progress", "environment", "metrics", "flags", "assets"},
     1: {"data", "models", "synthetic", "runtime"},
     2: {"plots"},
-    3: {"train", "tune", "evaluate", "ensemble", "quantize", "smoothing", "tracking", "video", "predict", "stream",
+    3: {"train", "tune", "evaluate", "ensemble", "quantize", "chain", "smoothing", "tracking", "video", "predict", "stream",
         "export"},
     4: {"profiles", "report", "frontpage", "study"},
     5: {"cli"},

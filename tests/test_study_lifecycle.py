@@ -191,15 +191,18 @@ def test_the_real_notebooks_killed_mid_training_resume_to_an_unbroken_runs_resul
         (nbs / name).write_bytes((ROOT / "notebooks" / name).read_bytes())
     env = child_env()
 
-    def study(run, *extra):
+    def study(run, *extra):   # each run its own WORK: trainings are shared (and reused) within one
         return [sys.executable, "-m", "fer_lib.cli", "study", "--notebooks", str(nbs), "--out", str(tmp_path / "reports"),
-                "--work", str(tmp_path / "runs"), "--run", run, "-p", "train.epochs=3", "-p", "train.train_fraction=0.5",
-                *extra]
+                "--work", str(tmp_path / f"runs-{run}"), "--run", run, "-p", "train.epochs=3",
+                "-p", "train.train_fraction=0.5", *extra]
+
+    def history_of(run):   # the recipe's own training (seed 0), in its keyed folder
+        found = sorted((tmp_path / f"runs-{run}" / "trainings").glob("vgg_small-s0-*/history.json"))
+        return found[0] if found else None
     proc = subprocess.Popen(study("r"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    history = tmp_path / "runs" / "r" / "train" / "history.json"
     deadline = time.time() + 600
     try:
-        while not (history.exists() and len(json.loads(history.read_text() or "[]")) >= 1):
+        while not ((history := history_of("r")) and len(json.loads(history.read_text() or "[]")) >= 1):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the study ended before its first epoch (rc {proc.poll()}): {proc.communicate()}")
             time.sleep(0.05)
@@ -216,8 +219,19 @@ def test_the_real_notebooks_killed_mid_training_resume_to_an_unbroken_runs_resul
     unbroken = subprocess.run(study("u"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert unbroken.returncode == 0, unbroken.stderr
     got = json.loads(history.read_text())
-    want = json.loads((tmp_path / "runs" / "u" / "train" / "history.json").read_text())
+    want = json.loads(history_of("u").read_text())
     assert got[:len(stopped)] == stopped                               # not trained again
     timeless = [{k: v for k, v in row.items() if k not in ("time_s", "ran_on")} for row in got]
     assert timeless == [{k: v for k, v in row.items() if k not in ("time_s", "ran_on")} for row in want]
+    # a restarted study of the same recipe and data (another report, --overwrite too) trains nothing again
+    again = subprocess.run(study("r", "--overwrite", "--only", "02"), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr
+    executed = json.loads((tmp_path / "reports" / "r" / "02_train_cnn.ipynb").read_text())
+    printed = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                      for c in executed["cells"] for o in c.get("outputs", []))
+    assert printed.count("is finished (epoch 3") == 2 and "train loss" not in printed   # both seeds reused
+    assert json.loads(history.read_text()) == got
+    outputs = json.loads((tmp_path / "reports" / "r" / "manifest.json").read_text())["outputs"]
+    assert set(outputs) == {"single", "ensemble", "live"} and all(len(o["sha256"]) == 64 for o in outputs.values())
     assert json.loads((tmp_path / "reports" / "r" / "manifest.json").read_text())["status"] == "ok"

@@ -1,0 +1,140 @@
+"""What notebook 02 makes from a profile's recipe: the accurate model, the ensemble members (the recipe
+again at other seeds), the ensemble chosen on PublicTest, and the live model.
+
+    from fer_lib.chain import ModelsConfig, make_models
+    made = make_models(recipe, ModelsConfig(seeds=[1, 2]), "runs/study/full-real/fer2013.h5",
+                       trainings="runs/study/trainings", out="runs/study/full-real/train")
+
+Each training lives in TRAININGS/<model>-s<seed>-<key>/, keyed by a hash of what shapes it (training_key:
+the recipe's fields that differ from TrainConfig's defaults, and the data's source sha256, ingest version
+and counts). A rerun, a resumed or restarted study, or another run of the same recipe on the same data
+reuses it, continuing it from its last epoch where it was stopped; a change to either trains anew beside
+it. Nothing here reads PrivateTest: the best single model, the ensemble's members and the model that
+becomes the live one are all chosen on PublicTest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import load_split, read_info
+from .ensemble import build_ensemble, choose_members
+from .errors import UserError
+from .flags import check_settings, setting
+from .io import write_atomic
+from .models import load_model
+from .quantize import quantize_checkpoint
+from .train import UNCHECKED, TrainConfig, export_checkpoint, fit, save_atomic
+
+MADE = ("single", "ensemble", "live")   # OUT/<name>.pt, each written only when the profile makes it
+MADE_FILE = "made.json"                 # OUT/made.json: which of them this run made (notebook 04 reads it)
+
+
+@dataclass
+class ModelsConfig:
+    seeds: list = field(default_factory=list)  # ensemble members: the recipe again at each of these seeds
+    max_members: int = setting(3, low=2)       # the ensemble: the best subset (on PublicTest) of 2 to this many
+    max_mb: float = setting(60.0, above=0.0)   # ... whose stored weights fit in this many MB
+    ensemble_storage: str = setting("fp16", choices=("fp32", "fp16", "int8"))  # the ensemble's stored weights
+    live: str = setting("int8", choices=("int8", "float"))  # the live model: the best single one, int8 or as is
+    calibration_faces: int = setting(2048, low=1)  # Training faces that calibrate the int8 live model
+
+    def __post_init__(self):
+        check_settings(self)
+        if not isinstance(self.seeds, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+            raise UserError(f"models.seeds: {self.seeds!r}; give a list of seeds (integers >= 0)")
+
+
+def training_key(cfg: TrainConfig, h5) -> str:
+    """16 hex digits of sha256 over what shapes a training: its recipe and its data (not where they lie)."""
+    default, info = dataclasses.asdict(TrainConfig()), read_info(h5)
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in UNCHECKED + ("data",) and v != default[k]}  # a field added later keeps old keys valid
+    data = {k: info[k] for k in ("source_sha256", "ingest_version", "counts")}
+    blob = json.dumps({"recipe": recipe, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_dir(cfg: TrainConfig, h5, trainings) -> Path:
+    return Path(trainings) / f"{cfg.model}-s{cfg.seed}-{training_key(cfg, h5)}"
+
+
+def member_configs(cfg: TrainConfig, mc: ModelsConfig) -> list[TrainConfig]:
+    """The recipe itself first, then one copy per member seed."""
+    return [cfg] + [dataclasses.replace(cfg, seed=s) for s in dict.fromkeys(mc.seeds) if s != cfg.seed]
+
+
+def train_all(cfg: TrainConfig, mc: ModelsConfig, h5, trainings) -> list[dict]:
+    """fit() each of member_configs in its keyed folder: finished ones are reused, a stopped one continues."""
+    results = []
+    for c in member_configs(cfg, mc):
+        out = training_dir(c, h5, trainings)
+        c = dataclasses.replace(c, data=str(h5), out=str(out))
+        print(f"training {c.model} seed {c.seed} in {out}", flush=True)
+        results.append({**fit(c, resume="auto"), "seed": c.seed, "key": out.name})
+    return results
+
+
+def make_models(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, out, made_by: dict | None = None) -> dict:
+    """Train (or reuse) every training, then write OUT/single.pt (the best on PublicTest), OUT/ensemble.pt
+    (the best subset of two or more on PublicTest, where there are two trainings; OUT/selection.json says why) and
+    OUT/live.pt, and OUT/made.json listing them. Returns {"trainings": [...], "single", "ensemble", "live": path
+or None, "selection": rows, "listing": made.json}."""
+    out = Path(out)
+    results = train_all(cfg, mc, h5, trainings)
+    best_of = {r["key"]: Path(r["out"]) / "best.pt" for r in results}
+    ranked = sorted(results, key=lambda r: -r["best"]["val_acc"])   # PublicTest, as fit() scored it
+    extra = {"made_by": {**(made_by or {}), "trainings": [r["key"] for r in results]}}
+    made = {"trainings": results, "single": out / "single.pt", "ensemble": None, "live": out / "live.pt",
+            "selection": [], "listing": out / MADE_FILE}
+    export_checkpoint(best_of[ranked[0]["key"]], made["single"], made_by={**extra["made_by"], "role": "single",
+                                                                          "training": ranked[0]["key"]})
+    if len(results) > 1:
+        rows = choose_members(list(best_of.values()), h5, mc.max_members, mc.max_mb, storage=mc.ensemble_storage)
+        made["selection"] = rows
+        write_atomic(out / "selection.json", json.dumps({"split": "val (PublicTest)", "storage": mc.ensemble_storage,
+                                                         "max_members": mc.max_members, "max_mb": mc.max_mb,
+                                                         "subsets": rows}, indent=2, default=str) + "\n")
+        ensembles = [r for r in rows if r["fits"] and len(r["members"]) > 1]  # best first
+        if ensembles:   # made even where one model alone scores as well: notebook 04 weighs them on PublicTest
+            ck = build_ensemble(ensembles[0]["members"], mc.ensemble_storage)
+            made["ensemble"] = save_atomic({**ck, "made_by": {**extra["made_by"], "role": "ensemble"}},
+                                           out / "ensemble.pt")
+    stale = [p for p in (out / "ensemble.pt",) if made["ensemble"] is None and p.exists()]
+    for p in stale:   # a rerun whose best subset is one model must not leave an earlier ensemble behind
+        p.unlink()
+    live_by = {**extra["made_by"], "role": "live", "training": ranked[0]["key"]}
+    if mc.live == "int8":
+        quant = quantize_checkpoint(made["single"], h5, mc.calibration_faces)
+        export_checkpoint(made["single"], made["live"], half=True, quantization=quant, made_by=live_by)
+    else:
+        export_checkpoint(made["single"], made["live"], made_by=live_by)
+    listing = {role: made[role] and made[role].name for role in MADE}   # beside it: a folder moved stays whole
+    write_atomic(out / MADE_FILE, json.dumps({**listing, "made_by": extra["made_by"]}, indent=2) + "\n")
+    return made
+
+
+def made_models(path) -> list[tuple[str, Path]]:
+    """[(role, checkpoint)] to evaluate: each model a MADE_FILE lists (notebook 02's), or one checkpoint
+    as ("model", path)."""
+    path = Path(path)
+    if path.name != MADE_FILE:
+        return [("model", path)]
+    try:
+        listing = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not the list of models notebook 02 made ({e})") from None
+    found = [(role, path.parent / listing[role]) for role in MADE if listing.get(role)]
+    missing = [str(p) for _, p in found if not p.is_file()]
+    if missing or not found:
+        raise UserError(f"{path}: lists {', '.join(missing) or 'no model'}, not found; rerun notebook 02")
+    return found
+
+
+def val_accuracy(path, h5) -> float:
+    """PublicTest accuracy of a written checkpoint, as it loads (the int8 one as int8)."""
+    x, y = load_split(h5, "val")
+    return float((load_model(path).predict(x) == y).mean())
