@@ -61,7 +61,7 @@ class TuneConfig:
     """The search's budget and machinery; the recipe it searches around is a TrainConfig (the profile's
     `train` section)."""
     n_trials: int = setting(30, low=0)  # finished (complete or pruned) trials in the study, all workers together
-    timeout: float | None = setting(2400, low=0.0)  # seconds after which a worker starts no new trial (None: no limit)
+    timeout: float | None = setting(2400, low=0.0)  # seconds of search, all sittings together; then no new trial (None: no limit)
     epochs_per_trial: int = setting(9, low=1)  # a trial's budget: its schedule spans these epochs (the proxy of the final run)
     min_epochs: int = setting(3, low=1)  # halving, hyperband: the epochs every trial gets before it may be stopped
     reduction_factor: int = setting(3, low=2)  # halving, hyperband: 1/this of the trials go on at each rung (min_epochs x this^k)
@@ -514,9 +514,12 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
         trial.set_user_attr("pruner", judge)
         return objective(trial, trial_base)
 
+    timeout = remaining_timeout(study, b.timeout, b.workers)
+    if timeout is not None and timeout <= 0:
+        print(f"the search has spent its timeout ({b.timeout:.0f} s over its sittings): no new trial")
     try:
-        if count_claimed(study) < b.n_trials:
-            study.optimize(budgeted_objective, n_trials=b.n_trials, timeout=b.timeout, catch=(SurplusTrial,),
+        if count_claimed(study) < b.n_trials and (timeout is None or timeout > 0):
+            study.optimize(budgeted_objective, n_trials=b.n_trials, timeout=timeout, catch=(SurplusTrial,),
                            callbacks=[_stop_when_claimed(b.n_trials)])
         for proc, log in helpers:
             if proc.wait() != 0:
@@ -530,6 +533,20 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
         torch.set_num_threads(threads_before)  # a notebook's later cells (the finalists) get every core again
     write_results(study, out)
     return study
+
+
+def search_seconds(study: optuna.Study, workers: int = 1) -> float:
+    """The search's time so far, every sitting together: its finished trials' durations over the workers that
+    ran side by side (a killed trial's time is counted by its retry, which goes on from its epochs)."""
+    done = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False)
+            if t.state in FINISHED and t.duration is not None]
+    return sum(done) / max(1, workers)
+
+
+def remaining_timeout(study: optuna.Study, timeout: float | None, workers: int = 1) -> float | None:
+    """What is left of `timeout` for this sitting: a search stopped and resumed across sessions keeps one
+    budget, not one per sitting."""
+    return None if timeout is None else timeout - search_seconds(study, workers)
 
 
 def _start_workers(budget: TuneConfig, recipe: TrainConfig, out: Path, storage: str) -> list:

@@ -795,3 +795,24 @@ def test_transfer_plot_labels_every_finalist_on_alternate_sides():
     labels = {t.get_text(): t.get_horizontalalignment() for t in ax.texts}
     assert labels == {"search #1 (trial 33)": "left", "recipe (trial 3)": "right", "default (trial 2)": "left"}
     assert ax.get_title().endswith("Spearman +0.50") and ax.get_ylabel() == "PublicTest % after 18 epochs"
+
+
+def test_a_resumed_search_keeps_one_timeout_over_its_sittings():
+    """The full profile's search is stopped with each session: its timeout is the search's time in all, the
+    finished trials' durations over the workers, not a new allowance per sitting."""
+    import datetime
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import FrozenTrial
+    study = optuna.create_study(direction="maximize")
+    t0 = datetime.datetime(2026, 12, 7, 12, 0)
+    for i, (minutes, state) in enumerate([(30, TrialState.COMPLETE), (20, TrialState.PRUNED), (50, TrialState.FAIL)]):
+        study.add_trial(FrozenTrial(number=i, state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                                    datetime_start=t0, datetime_complete=t0 + datetime.timedelta(minutes=minutes),
+                                    params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-5, 1e-1)},
+                                    user_attrs={}, system_attrs={},
+                                    intermediate_values={1: 0.4} if state == TrialState.PRUNED else {}, trial_id=i))
+    assert tune.search_seconds(study) == 50 * 60           # the failed trial's time is its retry's
+    assert tune.search_seconds(study, workers=2) == 25 * 60
+    assert tune.remaining_timeout(study, 3600, workers=2) == 3600 - 25 * 60
+    assert tune.remaining_timeout(study, 1200, workers=1) == 1200 - 3000   # spent: no new trial
+    assert tune.remaining_timeout(study, None) is None
