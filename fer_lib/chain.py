@@ -41,11 +41,15 @@ class ModelsConfig:
     ensemble_storage: str = setting("fp16", choices=("fp32", "fp16", "int8"))  # the ensemble's stored weights
     live: str = setting("int8", choices=("int8", "float"))  # the live model: the best single one, int8 or as is
     calibration_faces: int = setting(2048, low=1)  # Training faces that calibrate the int8 live model
+    ship: dict = field(default_factory=dict)   # fer study --ship: role -> file name in models/ (none: ships nothing)
 
     def __post_init__(self):
         check_settings(self)
         if not isinstance(self.seeds, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
             raise UserError(f"models.seeds: {self.seeds!r}; give a list of seeds (integers >= 0)")
+        for role, name in self.ship.items():
+            if role not in MADE or not isinstance(name, str) or not name or "/" in name or name.endswith(".pt"):
+                raise UserError(f"models.ship: {role}: {name!r}; give one of {list(MADE)} a file stem for models/")
 
 
 def training_key(cfg: TrainConfig, h5) -> str:

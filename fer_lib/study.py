@@ -682,6 +682,80 @@ def _run_notebooks(notebooks, plan, manifest, report_dir: Path, first: int = 1, 
     return None
 
 
+# ----------------------------------------------------------------------------- shipping a run's models
+
+def _run_path(path: str, work) -> Path:
+    """A path as a manifest wrote it ($WORK/..., or relative to the checkout) on this machine."""
+    return Path(work) / path[len("$WORK/"):] if path.startswith("$WORK/") else ROOT / path
+
+
+def ship(report_dir, work="runs/study", models_dir=None, overwrite: bool = False, prune: bool = False) -> dict:
+    """Copy the models a finished run on FER-2013 made into models/, under the names of its profile's
+    models.ship, each checked against the sha256 its manifest recorded; the manifest then lists them under
+    "shipped". The live model's ONNX graph beside it is made again from it (int8, calibrated on the run's
+    Training faces). Every check comes before the first copy. prune: remove the other checkpoints of models/
+    (the study no longer makes them), with their ONNX graphs and cards. Returns {"shipped", "removed"}."""
+    from .assets import LIVE_MODEL
+    from .chain import MADE
+    from .data import source_sha256
+    from .errors import check_output_path
+    rd, models_dir = Path(report_dir), Path(models_dir or ROOT / "models")
+    m = _read_manifest(rd)
+    if m is None:
+        raise StudyError(f"--ship {rd}: no manifest.json there (not a fer study report)")
+    if m.get("status") != "ok":
+        raise StudyError(f"--ship {rd}: the run is {m.get('status')}; finish it first (--resume)")
+    if (m.get("data") or {}).get("kind") != "real":
+        raise StudyError(f"--ship {rd}: a run on synthetic faces ships nothing")
+    names = ((m.get("recipe") or {}).get("models") or {}).get("ship") or {}
+    outputs = m.get("outputs") or {}
+    if not names:
+        raise StudyError(f"--ship {rd}: profile {m.get('profile')} names no model to ship (its models.ship)")
+    plan = {}
+    for role in (r for r in MADE if r in names):
+        if role not in outputs:
+            raise StudyError(f"--ship {rd}: the run made no {role} model (outputs: {sorted(outputs)})")
+        src, dst = _run_path(outputs[role]["path"], work), models_dir / f"{names[role]}.pt"
+        if not src.is_file() or source_sha256(src) != outputs[role]["sha256"]:
+            raise StudyError(f"--ship {rd}: {src} is missing or not the file the run made (sha256 differs)")
+        check_output_path(dst, "--ship", overwrite=overwrite)
+        plan[role] = (src, dst)
+    h5 = _run_path(str((m.get("data") or {}).get("h5") or ""), work)
+    onnx = (models_dir / f"{names['live']}.onnx") if "live" in plan else None
+    if onnx is not None and onnx.exists():
+        check_output_path(onnx, "--ship", overwrite=overwrite)
+        if not h5.is_file():
+            raise StudyError(f"--ship {rd}: {h5} (its Training faces calibrate the live ONNX graph) is missing")
+    for role, (src, dst) in plan.items():
+        write_atomic(dst, src.read_bytes())
+        print(f"shipped {role}: {dst} (from {outputs[role]['path']})", flush=True)
+    if onnx is not None and onnx.exists():
+        from .export import calibration_faces, export_onnx, quantize_onnx
+        tmp = partial_path(onnx)
+        try:
+            export_onnx(plan["live"][1], tmp)
+            quantize_onnx(tmp, onnx, calibration_faces(h5))
+        finally:
+            tmp.unlink(missing_ok=True)
+        print(f"made again: {onnx} (int8, from {plan['live'][1].name})", flush=True)
+    kept = {dst.stem for _, dst in plan.values()}
+    stale = [p for p in sorted(models_dir.glob("*.pt")) if p.stem not in kept]
+    removed = []
+    for p in stale:
+        if prune:
+            for f in (p, p.with_suffix(".onnx"), p.with_suffix(".md")):
+                if f.exists():
+                    f.unlink()
+                    removed.append(f.name)
+        else:
+            print(f"not made by this study: {p} (--prune removes it)", flush=True)
+    m["shipped"] = {role: f"{models_dir.name}/{dst.name}" for role, (_, dst) in plan.items()}
+    write_atomic(rd / "manifest.json", json.dumps(m, indent=2, default=str))
+    if Path(LIVE_MODEL).name not in {dst.name for _, dst in plan.values()}:
+        print(f"note: the live model fer_lib.assets.LIVE_MODEL ({LIVE_MODEL}) is not among them", flush=True)
+    return {"shipped": m["shipped"], "removed": removed}
+
+
 # ----------------------------------------------------------------------------- nbval references
 
 def checked(cell) -> bool:
@@ -759,6 +833,10 @@ def add_arguments(p) -> None:
                    help="strip the faces from an existing report (as --no-faces does) instead of a study")
     p.add_argument("--reindex", metavar="REPORT_DIR",
                    help="rebuild an existing report's front page (index.html) and make its paths relative")
+    p.add_argument("--ship", metavar="REPORT_DIR",
+                   help="copy the models a finished real-data run made into models/ (its profile's models.ship names), "
+                        "instead of a study; with --overwrite to replace them, --prune to drop the ones it no longer makes")
+    p.add_argument("--prune", action="store_true", help="with --ship: remove the checkpoints of models/ it does not ship")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -774,6 +852,12 @@ def run(args) -> int:
                 changed = reindex(args.reindex)
             print(f"wrote {Path(args.reindex) / 'index.html'}" + (f"; paths made relative in {len(changed)} files"
                                                                    if changed else ""))
+            return 0
+        if args.ship:
+            with lock_run(args.ship) if Path(args.ship).is_dir() else nullcontext():
+                done = ship(args.ship, args.work, overwrite=args.overwrite, prune=args.prune)
+            for name in done["removed"]:
+                print("removed", name)
             return 0
         if args.leave_out_faces:
             with lock_run(args.leave_out_faces) if Path(args.leave_out_faces).is_dir() else nullcontext():

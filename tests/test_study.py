@@ -331,3 +331,64 @@ def test_the_front_page_gives_each_step_its_compute_cpu_and_plan(stub_study):
     planned = m["time_plan"]["seconds"]["02"]
     assert f"**[02_use_stub](02_use_stub.html)** ({entry['wall_s']} s on {entry['cpu']}; planned {planned} s)" in \
         (report / "index.md").read_text()
+
+
+def test_ship_copies_a_finished_runs_models_into_models_checked_by_sha256(tmp_path, tiny_checkpoint, synthetic_h5):
+    """fer study --ship: each model the run made, under its profile's name, the file the manifest's sha256
+    names; nothing is replaced without --overwrite, a synthetic or unfinished run ships nothing, and --prune
+    removes what the study no longer makes."""
+    import shutil
+    from fer_lib.data import source_sha256
+    from fer_lib.errors import UserError
+    from fer_lib.study import ship
+    work, report, models = tmp_path / "work", tmp_path / "reports" / "full-real", tmp_path / "models"
+    made = work / "full-real" / "train"
+    made.mkdir(parents=True)
+    report.mkdir(parents=True)
+    models.mkdir()
+    for role in ("single", "live"):
+        shutil.copy(tiny_checkpoint, made / f"{role}.pt")
+    shutil.copy(synthetic_h5, work / "full-real" / "fer2013.h5")
+    (models / "old_model.pt").write_bytes(b"old")
+    (models / "old_model.onnx").write_bytes(b"old")
+    manifest = {"run": "full-real", "profile": "full", "status": "ok", "notebooks": [],
+                "data": {"kind": "real", "h5": "$WORK/full-real/fer2013.h5"},
+                "recipe": {"models": {"ship": {"single": "net_fer2013", "live": "net_int8_fer2013"}}},
+                "outputs": {r: {"path": f"$WORK/full-real/train/{r}.pt", "sha256": source_sha256(made / f"{r}.pt")}
+                            for r in ("single", "live")}}
+
+    def write(**changes):
+        (report / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+    for bad, why in (({"status": "interrupted"}, "the run is interrupted"),
+                     ({"data": {"kind": "synthetic"}}, "synthetic faces ships nothing"),
+                     ({"recipe": {"models": {}}}, "names no model to ship")):
+        write(**bad)
+        with pytest.raises(UserError, match=why):
+            ship(report, work, models)
+    write()
+    (made / "live.pt").write_bytes(b"changed")   # not the file the run made
+    with pytest.raises(UserError, match="not the file the run made"):
+        ship(report, work, models)
+    assert sorted(p.name for p in models.iterdir()) == ["old_model.onnx", "old_model.pt"]   # nothing copied
+    shutil.copy(tiny_checkpoint, made / "live.pt")
+    (models / "net_int8_fer2013.onnx").write_bytes(b"stale graph")
+    done = ship(report, work, models, overwrite=True)
+    assert done["shipped"] == {"single": "models/net_fer2013.pt", "live": "models/net_int8_fer2013.pt"}
+    assert (models / "net_fer2013.pt").read_bytes() == tiny_checkpoint.read_bytes()
+    assert (models / "net_int8_fer2013.onnx").read_bytes() != b"stale graph"   # made again from the live model
+    import onnx
+    onnx.checker.check_model(onnx.load(str(models / "net_int8_fer2013.onnx")))
+    assert json.loads((report / "manifest.json").read_text())["shipped"] == done["shipped"]
+    assert (models / "old_model.pt").exists()   # listed, kept without --prune
+    with pytest.raises(UserError, match=r"net_fer2013.pt: exists; pass --overwrite"):
+        ship(report, work, models)
+    done = ship(report, work, models, overwrite=True, prune=True)
+    assert done["removed"] == ["old_model.pt", "old_model.onnx"]
+    assert sorted(p.name for p in models.iterdir()) == ["net_fer2013.pt", "net_int8_fer2013.onnx", "net_int8_fer2013.pt"]
+
+
+def test_the_full_profile_ships_the_live_model_under_its_name():
+    from fer_lib.assets import LIVE_MODEL
+    from fer_lib.profiles import load_profile
+    ship_names = load_profile("full")["models"].ship
+    assert f"models/{ship_names['live']}.pt" == LIVE_MODEL and set(ship_names) == {"single", "ensemble", "live"}
