@@ -157,6 +157,8 @@ def stop_on_signals():
     def handler(signum, frame):
         if not _stopping.is_set():
             _stopping.set()
+            # the kernel is killed next: papermill's "Kernel died" is then our doing, not an error to print
+            logging.getLogger("papermill").setLevel(logging.CRITICAL)
             raise StudyInterrupted(signum)
     old = {}
     if threading.current_thread() is threading.main_thread():
@@ -169,6 +171,8 @@ def stop_on_signals():
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        if _stopping.is_set():
+            logging.getLogger("papermill").setLevel(logging.NOTSET)
         _stopping.clear()
 
 
