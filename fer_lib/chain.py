@@ -45,7 +45,7 @@ class ModelsConfig:
 
     def __post_init__(self):
         check_settings(self)
-        if not isinstance(self.seeds, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+        if not all(isinstance(s, int) and s >= 0 for s in self.seeds):   # check_settings: it is a list
             raise UserError(f"models.seeds: {self.seeds!r}; give a list of seeds (integers >= 0)")
         for role, name in self.ship.items():
             if role not in MADE or not isinstance(name, str) or not name or "/" in name or name.endswith(".pt"):
@@ -84,18 +84,17 @@ def train_all(cfg: TrainConfig, mc: ModelsConfig, h5, trainings) -> list[dict]:
 
 def make_models(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, out, made_by: dict | None = None) -> dict:
     """Train (or reuse) every training, then write OUT/single.pt (the best on PublicTest), OUT/ensemble.pt
-    (the best subset of two or more on PublicTest, where there are two trainings; OUT/selection.json says why) and
+    (the best subset of two or more on PublicTest, where there are two trainings; OUT/selection.json says why),
     OUT/live.pt, and OUT/made.json listing them. Returns {"trainings": [...], "single", "ensemble", "live": path
-or None, "selection": rows, "listing": made.json}."""
+    or None, "selection": rows, "listing": made.json}."""
     out = Path(out)
     results = train_all(cfg, mc, h5, trainings)
     best_of = {r["key"]: Path(r["out"]) / "best.pt" for r in results}
-    ranked = sorted(results, key=lambda r: -r["best"]["val_acc"])   # PublicTest, as fit() scored it
-    extra = {"made_by": {**(made_by or {}), "trainings": [r["key"] for r in results]}}
+    chosen = max(results, key=lambda r: r["best"]["val_acc"])["key"]   # PublicTest, as fit() scored it
+    made_by = {**(made_by or {}), "trainings": [r["key"] for r in results]}
     made = {"trainings": results, "single": out / "single.pt", "ensemble": None, "live": out / "live.pt",
             "selection": [], "listing": out / MADE_FILE}
-    export_checkpoint(best_of[ranked[0]["key"]], made["single"], made_by={**extra["made_by"], "role": "single",
-                                                                          "training": ranked[0]["key"]})
+    export_checkpoint(best_of[chosen], made["single"], made_by={**made_by, "role": "single", "training": chosen})
     if len(results) > 1:
         rows = choose_members(list(best_of.values()), h5, mc.max_members, mc.max_mb, storage=mc.ensemble_storage)
         made["selection"] = rows
@@ -105,19 +104,17 @@ or None, "selection": rows, "listing": made.json}."""
         ensembles = [r for r in rows if r["fits"] and len(r["members"]) > 1]  # best first
         if ensembles:   # made even where one model alone scores as well: notebook 04 weighs them on PublicTest
             ck = build_ensemble(ensembles[0]["members"], mc.ensemble_storage)
-            made["ensemble"] = save_atomic({**ck, "made_by": {**extra["made_by"], "role": "ensemble"}},
-                                           out / "ensemble.pt")
-    stale = [p for p in (out / "ensemble.pt",) if made["ensemble"] is None and p.exists()]
-    for p in stale:   # a rerun whose best subset is one model must not leave an earlier ensemble behind
-        p.unlink()
-    live_by = {**extra["made_by"], "role": "live", "training": ranked[0]["key"]}
+            made["ensemble"] = save_atomic({**ck, "made_by": {**made_by, "role": "ensemble"}}, out / "ensemble.pt")
+    if made["ensemble"] is None:   # a rerun that makes none must not leave an earlier ensemble behind
+        (out / "ensemble.pt").unlink(missing_ok=True)
+    live_by = {**made_by, "role": "live", "training": chosen}
     if mc.live == "int8":
         quant = quantize_checkpoint(made["single"], h5, mc.calibration_faces)
         export_checkpoint(made["single"], made["live"], half=True, quantization=quant, made_by=live_by)
     else:
         export_checkpoint(made["single"], made["live"], made_by=live_by)
     listing = {role: made[role] and made[role].name for role in MADE}   # beside it: a folder moved stays whole
-    write_atomic(out / MADE_FILE, json.dumps({**listing, "made_by": extra["made_by"]}, indent=2) + "\n")
+    write_atomic(out / MADE_FILE, json.dumps({**listing, "made_by": made_by}, indent=2) + "\n")
     return made
 
 

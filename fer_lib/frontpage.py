@@ -142,12 +142,18 @@ def _pct(x) -> str:
     return f"{100 * x:.2f}%"
 
 
-def _metrics(report_dir: Path):
-    """notebook 04's metrics.json of its headline model (04_evaluate.json names it; a report from before it
-    has one checkpoint's subfolder) and that folder; (None, None) if there is none with a plain PrivateTest row."""
+def _listing(report_dir: Path) -> dict | None:
+    """notebook 04's 04_evaluate.json: every model it evaluated and which one is the headline (None before it)."""
     listing, _ = _json(report_dir, "04_evaluate.json")
-    folder = next((x.get("folder") for x in (listing or {}).get("models", []) if x.get("role") == listing.get("headline")),
-                  None) if isinstance(listing, dict) else None
+    return listing if isinstance(listing, dict) else None
+
+
+def _metrics(report_dir: Path, listing: dict | None):
+    """notebook 04's metrics.json of its headline model (listing: 04_evaluate.json, which names it; a report
+    from before it has one checkpoint's subfolder) and that folder; (None, None) if there is none with a plain
+    PrivateTest row."""
+    folder = next((x.get("folder") for x in listing.get("models", []) if x.get("role") == listing.get("headline")),
+                  None) if listing else None
     data, rel = _json(report_dir, f"{folder}/metrics.json") if folder else _json(report_dir, "*/metrics.json", "metrics.json")
     plain = ((data or {}).get("test") or {}).get("plain") if isinstance((data or {}).get("test"), dict) else None
     if not isinstance(plain, dict) or not {"accuracy", "accuracy_ci95"} <= set(plain):
@@ -155,10 +161,10 @@ def _metrics(report_dir: Path):
     return data, str(Path(rel).parent)
 
 
-def _others(report_dir: Path) -> str:
-    """' Beside it: live 69.1% (...), ...': the other models 04 evaluated, and the live model's speed from 05."""
-    listing, _ = _json(report_dir, "04_evaluate.json")
-    if not isinstance(listing, dict):
+def _others(report_dir: Path, listing: dict | None) -> str:
+    """' Beside it on PrivateTest: live `vgg` 69.1%, ...': the other models 04 evaluated, and the live model's
+    speed from 05."""
+    if not listing:
         return ""
     video, _ = _json(report_dir, "05_video.json")
     parts = []
@@ -223,7 +229,7 @@ def finding_03(rd: Path, m: dict):
 
 
 def finding_04(rd: Path, m: dict):
-    d, folder = _metrics(rd)
+    d, folder = _metrics(rd, _listing(rd))
     if not d:
         return None
     t = d["test"]["plain"]
@@ -266,17 +272,17 @@ FINDINGS = {"01": finding_01, "02": finding_02, "03": finding_03, "04": finding_
 
 def headline(rd: Path, m: dict):
     """(sentence, published-results rows) from notebook 04's files, or None."""
-    d, folder = _metrics(rd)
+    listing = _listing(rd)
+    d, folder = _metrics(rd, listing)
     if not d:
         return None
     t = d["test"]["plain"]
     lo, hi = t["accuracy_ci95"]
     which = (m.get("checkpoint") or {}).get("why")
-    listing, _ = _json(rd, "04_evaluate.json")
-    role = f"the {listing['headline']} model, best on PublicTest, of " if isinstance(listing, dict) else ""
+    role = f"the {listing['headline']} model, best on PublicTest, of " if listing else ""
     text = (f"`{d['model_name']}`{f' ({role}{which})' if which else ''} scores {_pct(t['accuracy'])} on PrivateTest "
             f"(95% CI {_pct(lo)} to {_pct(hi)}), trained on Training, its checkpoint chosen on PublicTest, "
-            "PrivateTest read once at the end." + _others(rd))
+            "PrivateTest read once at the end." + _others(rd, listing))
     rows = []
     table = rd / "published_results.csv"   # notebook 04's, one row per model; before it, in the model's folder
     table = table if table.exists() else rd / folder / "published_results.csv"

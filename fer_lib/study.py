@@ -154,11 +154,14 @@ def stop_on_signals():
     """SIGINT and SIGTERM raise StudyInterrupted, once; a second signal while the study winds down (kernel
     killed, manifest written) is ignored, so that nothing is left half-written. A signal the caller ignores
     (nohup, a background job of a script) stays ignored; the handlers are restored on exit."""
+    papermill_log = logging.getLogger("papermill")
+    level = papermill_log.level
+
     def handler(signum, frame):
         if not _stopping.is_set():
             _stopping.set()
             # the kernel is killed next: papermill's "Kernel died" is then our doing, not an error to print
-            logging.getLogger("papermill").setLevel(logging.CRITICAL)
+            papermill_log.setLevel(logging.CRITICAL)
             raise StudyInterrupted(signum)
     old = {}
     if threading.current_thread() is threading.main_thread():
@@ -171,8 +174,7 @@ def stop_on_signals():
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-        if _stopping.is_set():
-            logging.getLogger("papermill").setLevel(logging.NOTSET)
+        papermill_log.setLevel(level)
         _stopping.clear()
 
 
