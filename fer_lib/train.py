@@ -594,14 +594,16 @@ def changed_fields(ck: dict, cfg: TrainConfig, ignore: tuple = ()) -> list[str]:
             if k not in UNCHECKED + ignore and saved.get(k, default[k]) != v]
 
 
-def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict | None:
+def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False,
+                     ignore: tuple = ()) -> dict | None:
     """Decide, before anything is written, what training into cfg.out means; the last.pt to resume
     from, or None for a fresh run. Never replaces a run silently:
 
     - a folder that holds a run needs resume (same configuration) or overwrite;
     - resume needs a last.pt, and the configuration it was made with (the schedule depends on
       every field, epochs included), else UserError naming the fields that differ;
-    - resume="auto" (notebook 02): resume when there is a run, start one when there is none.
+    - resume="auto" (notebook 02): resume when there is a run, start one when there is none;
+    - ignore: fields the caller vouches for otherwise (fer_lib.chain: "data", which its key holds by content).
     """
     out = Path(cfg.out)
     check_output_path(out / "config.json", "--out")  # also refuses an --out that is a file
@@ -615,7 +617,7 @@ def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bo
         raise UserError(f"nothing to resume in {out}: no last.pt" + (f" (it holds {', '.join(held)})" if held else ""))
     ck = load_checkpoint(out / "last.pt")
     saved, now = ck.get("config", {}), dataclasses.asdict(cfg)
-    differ = changed_fields(ck, cfg)
+    differ = changed_fields(ck, cfg, ignore)
     if differ:
         what = "; ".join(f"{k}: run {saved.get(k)!r}, now {now[k]!r}" for k in differ)
         raise UserError(f"{out} was trained with another configuration ({what}); resume it with its own "
@@ -623,15 +625,15 @@ def check_run_folder(cfg: TrainConfig, resume: bool | str = False, overwrite: bo
     return ck
 
 
-def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
+def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False, ignore: tuple = ()) -> dict:
     """Train per cfg, keeping last.pt every epoch and best.pt on PublicTest accuracy.
 
     resume: continue cfg.out's run (True), or "auto": continue it if there is one. A folder that
-    holds a run is never trained into otherwise, unless overwrite. Returns {"history", "best",
-    "out", "params", "macs", "wall_s"}.
+    holds a run is never trained into otherwise, unless overwrite; ignore: check_run_folder's. Returns
+    {"history", "best", "out", "params", "macs", "wall_s"}.
     """
     out = Path(cfg.out)
-    ck = check_run_folder(cfg, resume, overwrite)
+    ck = check_run_folder(cfg, resume, overwrite, ignore)
     if ck is not None and _finished(ck, cfg):
         print(f"{out} is finished (epoch {ck['epoch']}, best PublicTest acc {ck['best']['val_acc']:.4f} "
               f"at epoch {ck['best']['epoch']}); nothing to train")

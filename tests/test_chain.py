@@ -60,7 +60,10 @@ def made(synthetic_h5, tmp_path_factory):
             mp.setattr(module, "load_split", no_test)
         out = make_models(recipe(), ModelsConfig(seeds=[1, 2], max_members=2, calibration_faces=64), synthetic_h5,
                           root / "trainings", root / "models", made_by={"notebook": "test"})
-        again = make_models(recipe(), ModelsConfig(seeds=[1, 2], max_members=2, calibration_faces=64), synthetic_h5,
+        copy = root / "another_run" / "fer2013.h5"   # another run's HDF5 of the same faces
+        copy.parent.mkdir()
+        copy.write_bytes(synthetic_h5.read_bytes())
+        again = make_models(recipe(), ModelsConfig(seeds=[1, 2], max_members=2, calibration_faces=64), copy,
                             root / "trainings", root / "models2", made_by={"notebook": "test"})
     return out, again, root
 
@@ -91,6 +94,7 @@ def test_the_chain_makes_single_ensemble_and_live_models_chosen_on_public_test(m
 
 
 def test_a_second_run_reuses_every_training_and_makes_the_same_models(made):
+    """The second run reads a copy of the HDF5 at another path, as a study's own 01 writes one."""
     out, again, _ = made
     assert [r["wall_s"] for r in again["trainings"]] == [0.0, 0.0, 0.0]   # nothing trained again
     assert [r["history"] for r in again["trainings"]] == [r["history"] for r in out["trainings"]]
