@@ -224,7 +224,7 @@ def finding_03(rd: Path, m: dict):
                  + f"; chosen on PublicTest: {chosen['role']} (trial {chosen['trial']}, "
                    f"{_pct(chosen['final_val_acc'])})")
     else:
-        text += " (whether it holds at the full budget: the tuning table of reports/findings.md)"
+        text += " (whether it holds at the full budget: the finalists retrained by notebook 03, scored by 04)"
     return text + ".", _figs(rd, "03_optimization_history.png", "03_transfer.png")
 
 
@@ -242,6 +242,11 @@ def finding_04(rd: Path, m: dict):
     if recalls:
         lo, hi = min(recalls, key=recalls.get), max(recalls, key=recalls.get)
         text += f" Recall ranges from {recalls[lo]:.0%} ({lo}) to {recalls[hi]:.0%} ({hi})."
+    tuning, _ = _json(rd, "04_tuning.json")
+    if tuning and tuning.get("rows"):  # notebook 03's choice, scored here once
+        text += (" The search's recipes, chosen on PublicTest, on PrivateTest: "
+                 + ", ".join(f"{r['label']} {_pct(r['test_accuracy'])} (PublicTest {_pct(r['val_accuracy'])})"
+                             for r in tuning["rows"]) + ".")
     return text, _figs(rd, f"{folder}/confusion_test_normalized.png")
 
 

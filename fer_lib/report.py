@@ -14,6 +14,7 @@ import hashlib
 import json
 import shlex
 import subprocess
+import textwrap
 from pathlib import Path
 
 from .environment import describe_machine
@@ -127,6 +128,100 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
         f"--tta {','.join(m['tta']) or 'none'} --out {Path(metrics_json).parent}`. "
         f"Figures and per-class metrics: `{Path(metrics_json).parent}/`.",
     ])
+
+
+NOT_FIT_FOR = (
+    "FER-2013 is web images found by keyword search: posed and spontaneous faces, mostly frontal, labelled once "
+    "by crowd workers (human agreement on it is about 65%), and biased in age and ethnicity (few children, old "
+    "people and dark-skinned faces). It labels the expression a face shows, not what a person feels. Not for "
+    "decisions about people (hiring, policing, health, education, border control), not for children or groups "
+    "under-represented in FER-2013 without measuring it on them, not on profile or occluded faces, and not as "
+    "evidence of emotion or intent.")
+
+
+def model_card(checkpoint: Path, metrics_json: Path, reproduce: str = "") -> str:
+    """A checkpoint's model card (markdown), every number read from the checkpoint and its `fer evaluate`
+    metrics.json: the network, its training, its input, PrivateTest with per-class recall, what it is not fit
+    for, and how it was made (its made_by when a study made it, else `reproduce`).
+
+        fer report card models/vgg_crop44_int8_fer2013.pt reports/vgg_crop44_int8_fer2013/metrics.json
+    """
+    import torch
+
+    from .assets import LIVE_MODEL
+    from .data import source_sha256
+    checkpoint, metrics_json = Path(checkpoint), Path(metrics_json)
+    m = json.loads(metrics_json.read_text())
+    if m.get("checkpoint_sha256") != source_sha256(checkpoint):
+        raise UserError(f"{metrics_json}: it scored another file than {checkpoint} (sha256 differs); "
+                        f"run fer evaluate --checkpoint {checkpoint} first")
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg, members = m.get("train_config") or {}, (m.get("model_args") or {}).get("members")
+    model = create_model(m["model_name"], **m["model_args"])
+    size = (m["model_args"].get("img_size") or 48) if not members else cfg.get("crop") or 48
+    net = (f"an ensemble of {len(members)} networks averaged" if members else
+           f"`{m['model_name']}`" + (f" ({cfg['activation']})" if cfg.get("activation") else ""))
+    trained = []
+    if cfg:
+        trained.append(f"{cfg['epochs']} epochs, `{cfg['optimizer']}` / `{cfg['scheduler']}`, lr {cfg['lr']:g}, "
+                       f"batch {cfg['batch_size']}, weight decay {cfg['weight_decay']:g}, label smoothing "
+                       f"{cfg['label_smoothing']:g}, seed {cfg['seed']}"
+                       + (f", random {cfg['crop']}-px crops of each face (the centre crop at inference)"
+                          if cfg.get("crop") else "")
+                       + (f", EMA of the weights (decay {cfg['ema_decay']:g})" if cfg.get("ema_decay") else ""))
+    tr = m.get("training") or {}
+    if tr.get("wall_s"):
+        trained.append(f"{tr['wall_s'] / 3600:.1f} h of training ({tr['median_epoch_s']:.0f} s a median epoch)")
+    quant = ck.get("quantization") or m.get("quantization")
+    if quant:
+        cal = quant["calibration"]
+        inference = (f"int8 (`fer quantize`: per-channel int8 weights, activation ranges from {cal['faces']} "
+                     f"Training faces, seed {cal['seed']}, PyTorch's {quant.get('engine', 'x86')} kernels), from "
+                     f"the float weights of `{Path(cal['source']).name}`.")
+    else:
+        half = any(v.dtype == torch.float16 for v in ck["state_dict"].values()) if "state_dict" in ck else False
+        inference = "float32" + (" (weights stored in float16)" if half else "") + "."
+    onnx = checkpoint.with_suffix(".onnx")
+    if onnx.exists():
+        inference += (f" `{onnx.name}` is the same network for onnxruntime (`fer export --onnx`, its own graph; "
+                      "normalization and crop inside it).")
+    test = m["test"]["plain"]
+    recall = {c: r["recall"] for c, r in test["report"].items() if c in m["class_names"]}
+    weak = sorted(recall, key=recall.get)[:2]
+    tta = [f"{mode} {100 * r['accuracy']:.2f}%" for mode, r in m["test"].items() if mode != "plain"]
+    made_by = ck.get("made_by") or {}
+    how = (f"Made by notebook {made_by.get('notebook')} of `fer study --profile {made_by.get('profile')}` "
+           f"({made_by.get('role')} model)" + (f"; {reproduce}" if reproduce else ".")
+           if made_by else reproduce or f"from `{cfg.get('out', '?')}`; see the findings page.")
+    live = checkpoint.name == Path(LIVE_MODEL).name
+    command = " ".join(["fer report card", shlex.quote(checkpoint.as_posix()), shlex.quote(metrics_json.as_posix()),
+                        *(["--reproduce", shlex.quote(reproduce)] if reproduce else [])])
+    intro = ("What `fer predict`, `fer video` and `fer_lib.detect_emotions` use unless given `--checkpoint`. It "
+             "travels in the wheel (package data, `fer_lib/live/`); `fer models` prints this card.")
+    bullets = [
+        f"- **Network.** {net}, {count_params(model) / 1e6:.2f} M parameters, "
+        f"{count_macs(model, img_size=size) / 1e6:.0f} M multiply-adds per face.",
+        "- **Trained on.** FER-2013's Training split" + (f": {'; '.join(trained)}" if trained else "")
+        + f"; checkpoint chosen on PublicTest ({100 * m['val']['plain']['accuracy']:.2f}%)"
+        + (f" at epoch {m['checkpoint_epoch']}." if m.get("checkpoint_epoch") else "."),
+        f"- **Inference.** {inference}",
+        "- **Input.** uint8 grayscale faces 48 x 48 (a face detector's box, square, resized with INTER_AREA)"
+        + (f", the centre {size} x {size} crop" if size != 48 else "")
+        + f", scaled to [0, 1] then normalized with the Training mean {ck['mean']:.4f} and std {ck['std']:.4f}. "
+        f"Output: {len(m['class_names'])} probabilities, classes "
+        + " ".join(f"{i}={c}" for i, c in enumerate(m["class_names"])) + ".",
+        f"- **PrivateTest (read once), no test-time augmentation:** accuracy {100 * test['accuracy']:.2f}% [95% CI "
+        f"{100 * test['accuracy_ci95'][0]:.2f}, {100 * test['accuracy_ci95'][1]:.2f}], macro-F1 "
+        f"{100 * test['macro_f1']:.2f}% (`{metrics_json.as_posix()}`"
+        + (f"; with test-time augmentation: {', '.join(tta)}" if tta else "") + "). Per-class recall: "
+        + ", ".join(f"{c} {100 * r:.1f}%" for c, r in recall.items())
+        + f". The weakest classes: {weak[0]} and {weak[1]}.",
+        f"- **What it is not fit for.** {NOT_FIT_FOR}",
+        f"- **Reproduce.** {how}"]
+    title = f"# Model card: `{checkpoint.name}`" + (f" (and `{onnx.name}` for onnxruntime)" if onnx.exists() else "")
+    wrap = textwrap.TextWrapper(width=112, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False)
+    return "\n".join([f"<!-- made by: {command} -->", title, "", *([textwrap.fill(intro, 112), ""] if live else []),
+                      *(wrap.fill(b) for b in bullets), ""])
 
 
 def _int8_kernels(m: dict) -> str:
@@ -409,11 +504,23 @@ def add_arguments(p) -> None:
     mo = sub.add_parser("models", help="models side by side (the distillation rows)")
     mo.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSON")
     mo.add_argument("--block", dest="readme_block", default="distillation", help="block name")
+    c = sub.add_parser("card", help="a checkpoint's model card, written beside it (CHECKPOINT.md)")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("metrics", type=Path, help="its fer evaluate metrics.json")
+    c.add_argument("--reproduce", default="", help="how it was made, for a checkpoint no study made")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing card")
     b = sub.add_parser("ablation", help="the engine additions at one equal budget, on PublicTest")
     b.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="the first is the reference")
 
 
 def run(args) -> int:
+    if args.block == "card":
+        from .errors import check_output_path
+        card = args.checkpoint.with_suffix(".md")
+        check_output_path(card, "card", overwrite=args.overwrite)
+        write_atomic(card, model_card(args.checkpoint, args.metrics, args.reproduce))
+        print(f"wrote {card}")
+        return 0
     args.readme = args.readme or block_file(getattr(args, "readme_block", args.block))
     if args.block == "results":
         update_readme(args.readme, readme_results(args.checkpoint, args.metrics, args.train_args, args.readme_block),

@@ -276,7 +276,7 @@ def wire_parameters(prefix: str, profile: str, report_dir: str, work: str, sourc
     per = {"01": {"source": source, "h5_path": h5},
            "02": {"h5_path": h5, "run_dir": f"{work}/train", "trainings_dir": trainings or f"{work}/{TRAININGS}"},
            "03": {"h5_path": h5, "run_dir": f"{work}/tune"},
-           "04": {"h5_path": h5, "checkpoint": checkpoint},
+           "04": {"h5_path": h5, "checkpoint": checkpoint, "tuning": f"{work}/tune/final.json"},  # 03's choice
            "05": {"h5_path": h5, "checkpoint": live or checkpoint, "out_path": f"{work}/overlay.mp4",
                   **({} if video is None else {"source": video})}}
     return {"profile": profile, "report_dir": report_dir, **per.get(prefix, {})}
@@ -725,14 +725,15 @@ def ship(report_dir, work="runs/study", models_dir=None, overwrite: bool = False
         if not src.is_file() or source_sha256(src) != outputs[role]["sha256"]:
             raise StudyError(f"--ship {rd}: {src} is missing or not the file the run made (sha256 differs)")
         check_output_path(dst, "--ship", overwrite=overwrite)
-        plan[role] = (src, dst)
+        check_output_path(dst.with_suffix(".md"), "--ship", overwrite=overwrite)
+        plan[role] = (src, dst, _scored(rd, role, outputs[role]["sha256"]))
     h5 = _run_path(str((m.get("data") or {}).get("h5") or ""), work)
     onnx = (models_dir / f"{names['live']}.onnx") if "live" in plan else None
     if onnx is not None and onnx.exists():
         check_output_path(onnx, "--ship", overwrite=overwrite)
         if not h5.is_file():
             raise StudyError(f"--ship {rd}: {h5} (its Training faces calibrate the live ONNX graph) is missing")
-    for role, (src, dst) in plan.items():
+    for role, (src, dst, _) in plan.items():
         write_atomic(dst, src.read_bytes())
         print(f"shipped {role}: {dst} (from {outputs[role]['path']})", flush=True)
     if onnx is not None and onnx.exists():
@@ -744,7 +745,10 @@ def ship(report_dir, work="runs/study", models_dir=None, overwrite: bool = False
         finally:
             tmp.unlink(missing_ok=True)
         print(f"made again: {onnx} (int8, from {plan['live'][1].name})", flush=True)
-    kept = {dst.stem for _, dst in plan.values()}
+    from .report import model_card
+    for role, (_, dst, metrics) in plan.items():  # after the ONNX graph, which the card names
+        write_atomic(dst.with_suffix(".md"), model_card(dst, metrics, f"shipped by `fer study --ship {rd.name}`"))
+    kept = {dst.stem for _, dst, _ in plan.values()}
     stale = [p for p in sorted(models_dir.glob("*.pt")) if p.stem not in kept]
     removed = []
     for p in stale:
@@ -755,11 +759,23 @@ def ship(report_dir, work="runs/study", models_dir=None, overwrite: bool = False
                     removed.append(f.name)
         else:
             print(f"not made by this study: {p} (--prune removes it)", flush=True)
-    m["shipped"] = {role: f"{models_dir.name}/{dst.name}" for role, (_, dst) in plan.items()}
+    m["shipped"] = {role: f"{models_dir.name}/{dst.name}" for role, (_, dst, _) in plan.items()}
     write_atomic(rd / "manifest.json", json.dumps(m, indent=2, default=str))
-    if Path(LIVE_MODEL).name not in {dst.name for _, dst in plan.values()}:
+    if Path(LIVE_MODEL).name not in {dst.name for _, dst, _ in plan.values()}:
         print(f"note: the live model fer_lib.assets.LIVE_MODEL ({LIVE_MODEL}) is not among them", flush=True)
     return {"shipped": m["shipped"], "removed": removed}
+
+
+def _scored(rd: Path, role: str, sha256: str) -> Path:
+    """notebook 04's metrics.json of the run's ROLE model (its card's numbers), checked to be that file's."""
+    listing = json.loads((rd / "04_evaluate.json").read_text()) if (rd / "04_evaluate.json").is_file() else {}
+    folder = next((x["folder"] for x in listing.get("models", []) if x.get("role") == role), None)
+    metrics = rd / str(folder) / "metrics.json"
+    if folder is None or not metrics.is_file():
+        raise StudyError(f"--ship {rd}: notebook 04 scored no {role} model there (04_evaluate.json)")
+    if json.loads(metrics.read_text()).get("checkpoint_sha256") != sha256:
+        raise StudyError(f"--ship {rd}: {metrics} scored another file than the run's {role} model")
+    return metrics
 
 
 # ----------------------------------------------------------------------------- nbval references

@@ -646,6 +646,22 @@ def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: 
     return result
 
 
+FINAL_TABLE = (("untuned default", "default"), ("hand recipe", "recipe"), ("search best", None))
+
+
+def final_table(final: dict) -> list[dict]:
+    """The tuned-against-untuned rows of final.json, chosen on PublicTest: the untuned default, the hand
+    recipe and the search's best finalist, each with its checkpoint. Notebook 04 scores them on PrivateTest."""
+    rows = []
+    for label, ref in FINAL_TABLE:
+        row = next((r for r in final["finalists"] if (ref in r["role"].split("+") if ref
+                    else r["trial"] == final.get("search_best"))), None)
+        if row is not None:
+            rows.append({"label": label, "trial": row["trial"], "role": row["role"],
+                         "val_accuracy": row["final_val_acc"], "checkpoint": str(Path(row["run"]) / "best.pt")})
+    return rows
+
+
 def _recipe_fields(cfg: TrainConfig) -> dict:
     """A config without where it ran: what `fer train --config` should read."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "progress")}

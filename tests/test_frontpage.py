@@ -100,3 +100,20 @@ def test_tidy_outputs_keeps_what_a_terminal_shows():
     assert tidy_outputs(nb) == 7
     assert [(o.output_type, o.get("text")) for o in cell.outputs] == [
         ("stream", "plan: 2 epochs\nepoch 1 acc 0.5\nepoch 2 acc 0.6\n"), ("execute_result", None)]
+
+
+def test_the_searchs_recipes_are_named_with_both_scores(tmp_path):
+    """Notebook 04 scores notebook 03's choice on PrivateTest (04_tuning.json): the finding says both scores."""
+    from fer_lib.frontpage import finding_04
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "metrics.json").write_text(json.dumps(
+        {"test": {"plain": {"accuracy": 0.7, "accuracy_ci95": [0.68, 0.72], "macro_f1": 0.6, "ece": 0.05}}}))
+    (tmp_path / "04_evaluate.json").write_text(json.dumps({"headline": "single", "models": [
+        {"role": "single", "folder": "m"}]}))
+    assert "search" not in finding_04(tmp_path, {})[0]
+    (tmp_path / "04_tuning.json").write_text(json.dumps({"rows": [
+        {"label": "untuned default", "val_accuracy": 0.61, "test_accuracy": 0.6},
+        {"label": "search best", "val_accuracy": 0.66, "test_accuracy": 0.655}]}))
+    assert finding_04(tmp_path, {})[0].endswith(
+        "The search's recipes, chosen on PublicTest, on PrivateTest: untuned default 60.00% (PublicTest 61.00%), "
+        "search best 65.50% (PublicTest 66.00%).")

@@ -254,3 +254,43 @@ def test_ablation_table_needs_an_equal_budget(tmp_path):
         ablation_table([tmp_path / "ref", tmp_path / "more"])
     table = ablation_table([tmp_path / "ref", tmp_path / "ref"])
     assert "| ref | (the reference) |" in table and "none at this budget" in table
+
+
+def test_the_live_models_card_is_what_its_command_makes(tmp_path, monkeypatch):
+    """models/<live>.md, which `fer models` prints and the wheel carries, has no hand-typed number."""
+    import re
+    import shlex
+    from fer_lib.assets import MODEL_CARD
+    text = (ROOT / MODEL_CARD).read_text()
+    made_by = re.match(r"<!-- made by: fer report card (.*?) -->\n", text)
+    assert made_by, f"{MODEL_CARD} has no made-by line"
+    args = shlex.split(made_by.group(1))
+    copy = tmp_path / Path(args[0]).name
+    copy.symlink_to(ROOT / args[0])   # the card goes beside the checkpoint: here, beside the link
+    if (ROOT / args[0]).with_suffix(".onnx").exists():   # which the card names
+        copy.with_suffix(".onnx").symlink_to((ROOT / args[0]).with_suffix(".onnx"))
+    monkeypatch.chdir(ROOT)
+    assert main(["report", "card", str(copy), *args[1:]]) == 0
+    assert copy.with_suffix(".md").read_text().split("\n", 1)[1].replace(str(copy), args[0]) == text.split("\n", 1)[1]
+
+
+def test_a_card_says_what_its_metrics_measured(tmp_path, tiny_checkpoint, synthetic_h5, capsys):
+    import shutil
+    from fer_lib.evaluate import evaluate_checkpoint
+    ckpt = tmp_path / "net.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    m = evaluate_checkpoint(ckpt, synthetic_h5, tmp_path / "scored", n_bootstrap=10, figures=False, progress=False)
+    args = ["report", "card", str(ckpt), str(tmp_path / "scored" / "metrics.json"), "--reproduce", "by a test"]
+    assert main(args) == 0
+    card = " ".join((tmp_path / "net.md").read_text().split())
+    test = m["test"]["plain"]
+    assert f"accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['accuracy_ci95'][0]:.2f}, " in card
+    assert ", ".join(f"{c} {100 * test['report'][c]['recall']:.1f}%" for c in m["class_names"]) in card
+    assert f"chosen on PublicTest ({100 * m['val']['plain']['accuracy']:.2f}%) at epoch {m['checkpoint_epoch']}" in card
+    assert "Reproduce.** by a test" in card and "not as evidence of emotion or intent" in card
+    capsys.readouterr()
+    assert main(args) == 2   # an existing card is kept without --overwrite
+    assert "net.md: exists; pass --overwrite" in capsys.readouterr().err
+    ckpt.write_bytes(tiny_checkpoint.read_bytes()[:-1] + b"x")   # not the file the metrics scored
+    assert main([*args, "--overwrite"]) == 2
+    assert "scored another file" in capsys.readouterr().err

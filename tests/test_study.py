@@ -366,6 +366,12 @@ def test_ship_copies_a_finished_runs_models_into_models_checked_by_sha256(tmp_pa
         with pytest.raises(UserError, match=why):
             ship(report, work, models)
     write()
+    with pytest.raises(UserError, match="notebook 04 scored no single model"):
+        ship(report, work, models)
+    from fer_lib.evaluate import evaluate_checkpoint
+    scored = {r: evaluate_checkpoint(made / f"{r}.pt", synthetic_h5, report / r, n_bootstrap=10, figures=False,
+                                     progress=False) for r in ("single", "live")}
+    (report / "04_evaluate.json").write_text(json.dumps({"models": [{"role": r, "folder": r} for r in scored]}))
     (made / "live.pt").write_bytes(b"changed")   # not the file the run made
     with pytest.raises(UserError, match="not the file the run made"):
         ship(report, work, models)
@@ -379,12 +385,17 @@ def test_ship_copies_a_finished_runs_models_into_models_checked_by_sha256(tmp_pa
     import onnx
     onnx.checker.check_model(onnx.load(str(models / "net_int8_fer2013.onnx")))
     assert json.loads((report / "manifest.json").read_text())["shipped"] == done["shipped"]
+    card = " ".join((models / "net_int8_fer2013.md").read_text().split())   # from notebook 04's metrics
+    assert f"accuracy {100 * scored['live']['test']['plain']['accuracy']:.2f}% [95% CI" in card
+    assert "shipped by `fer study --ship full-real`" in card and "net_int8_fer2013.onnx" in card
+    assert (models / "net_fer2013.md").is_file()
     assert (models / "old_model.pt").exists()   # listed, kept without --prune
     with pytest.raises(UserError, match=r"net_fer2013.pt: exists; pass --overwrite"):
         ship(report, work, models)
     done = ship(report, work, models, overwrite=True, prune=True)
     assert done["removed"] == ["old_model.pt", "old_model.onnx"]
-    assert sorted(p.name for p in models.iterdir()) == ["net_fer2013.pt", "net_int8_fer2013.onnx", "net_int8_fer2013.pt"]
+    assert sorted(p.name for p in models.iterdir()) == ["net_fer2013.md", "net_fer2013.pt", "net_int8_fer2013.md",
+                                                        "net_int8_fer2013.onnx", "net_int8_fer2013.pt"]
 
 
 def test_the_full_profile_ships_the_live_model_under_its_name():

@@ -631,6 +631,14 @@ def test_finalists_are_retrained_at_the_recipes_budget(synthetic_h5, tmp_path):
     chosen = max(rows, key=lambda r: r["final_val_acc"])
     assert final["chosen"] == chosen["trial"]
     assert final["search_best"] == max(rows[2:], key=lambda r: r["final_val_acc"])["trial"]
+    # notebook 04's rows, chosen here on PublicTest: each names its finalist's own checkpoint
+    table = tune.final_table(final)
+    assert [(t["label"], t["trial"]) for t in table] == [
+        ("untuned default", 0), ("hand recipe", 1), ("search best", final["search_best"])]
+    for t in table:
+        row = next(r for r in rows if r["trial"] == t["trial"])
+        assert t["val_accuracy"] == row["final_val_acc"] and Path(t["checkpoint"]) == Path(row["run"]) / "best.pt"
+        assert torch.load(t["checkpoint"], weights_only=False)["epoch"] == row["final_epoch"]
     # `fer train --config best_params.json` trains exactly the chosen finalist's run
     best = json.loads((tmp_path / "best_params.json").read_text())
     assert best["trial"] == chosen["trial"] and "finalists" in best["chosen_by"]
@@ -640,6 +648,14 @@ def test_finalists_are_retrained_at_the_recipes_budget(synthetic_h5, tmp_path):
     # a rerun (after a kill, say) finds the runs finished and trains nothing again
     again = tune.retrain_finalists(study, str(synthetic_h5), tmp_path, k=2)
     assert again == final
+
+
+def test_final_table_names_a_shared_reference_twice_and_skips_what_is_missing():
+    merged = {"finalists": [{"role": "default+recipe", "trial": 0, "final_val_acc": 0.5, "run": "r0"}],
+              "search_best": None}  # the recipe was the default, and no searched trial finished
+    assert [(t["label"], t["checkpoint"]) for t in tune.final_table(merged)] == [
+        ("untuned default", str(Path("r0") / "best.pt")), ("hand recipe", str(Path("r0") / "best.pt"))]
+    assert tune.final_table({"finalists": [], "search_best": None}) == []
 
 
 def test_any_trial_is_reproducible_from_the_storage(synthetic_h5, tmp_path, capsys):
