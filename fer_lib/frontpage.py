@@ -142,7 +142,7 @@ def _pct(x) -> str:
     return f"{100 * x:.2f}%"
 
 
-def _listing(report_dir: Path) -> dict | None:
+def read_listing(report_dir: Path) -> dict | None:
     """notebook 04's 04_evaluate.json: every model it evaluated and which one is the headline (None before it)."""
     listing, _ = _json(report_dir, "04_evaluate.json")
     return listing if isinstance(listing, dict) else None
@@ -229,7 +229,7 @@ def finding_03(rd: Path, m: dict):
 
 
 def finding_04(rd: Path, m: dict):
-    d, folder = _metrics(rd, _listing(rd))
+    d, folder = _metrics(rd, read_listing(rd))
     if not d:
         return None
     t = d["test"]["plain"]
@@ -277,7 +277,7 @@ FINDINGS = {"01": finding_01, "02": finding_02, "03": finding_03, "04": finding_
 
 def headline(rd: Path, m: dict):
     """(sentence, published-results rows) from notebook 04's files, or None."""
-    listing = _listing(rd)
+    listing = read_listing(rd)
     d, folder = _metrics(rd, listing)
     if not d:
         return None

@@ -102,7 +102,7 @@ def readme_results(checkpoint: Path, metrics_json: Path, train_args: str = DEFAU
     machine = f"a {describe_machine(m_)}" if m_ else "the 2-core CPU"
     if len(trained.get("ran_on", [])) > 1:  # resumed on other machines: name each
         machine = " and ".join(f"a {ran_on}" for ran_on in trained["ran_on"])
-    half = " --export-half" if any(v.dtype == torch.float16 for v in ck["state_dict"].values()) else ""
+    half = " --export-half" if _stored_half(ck) else ""
     quant = ck.get("quantization")  # fer quantize: int8 inference of the trained float checkpoint
     trained_as = Path(quant["calibration"]["source"]).as_posix() if quant else checkpoint
     int8 = (f" It runs in int8 (`fer quantize`: per-channel int8 weights, activation ranges observed on "
@@ -179,8 +179,7 @@ def model_card(checkpoint: Path, metrics_json: Path, reproduce: str = "") -> str
                      f"Training faces, seed {cal['seed']}, PyTorch's {quant.get('engine', 'x86')} kernels), from "
                      f"the float weights of `{Path(cal['source']).name}`.")
     else:
-        half = any(v.dtype == torch.float16 for v in ck["state_dict"].values()) if "state_dict" in ck else False
-        inference = "float32" + (" (weights stored in float16)" if half else "") + "."
+        inference = "float32" + (" (weights stored in float16)" if _stored_half(ck) else "") + "."
     onnx = checkpoint.with_suffix(".onnx")
     if onnx.exists():
         inference += (f" `{onnx.name}` is the same network for onnxruntime (`fer export --onnx`, its own graph; "
@@ -189,10 +188,12 @@ def model_card(checkpoint: Path, metrics_json: Path, reproduce: str = "") -> str
     recall = {c: r["recall"] for c, r in test["report"].items() if c in m["class_names"]}
     weak = sorted(recall, key=recall.get)[:2]
     tta = [f"{mode} {100 * r['accuracy']:.2f}%" for mode, r in m["test"].items() if mode != "plain"]
-    made_by = ck.get("made_by") or {}
-    how = (f"Made by notebook {made_by.get('notebook')} of `fer study --profile {made_by.get('profile')}` "
-           f"({made_by.get('role')} model)" + (f"; {reproduce}" if reproduce else ".")
-           if made_by else reproduce or f"from `{cfg.get('out', '?')}`; see the findings page.")
+    made_by = ck.get("made_by")
+    if made_by:
+        how = (f"Made by notebook {made_by.get('notebook')} of `fer study --profile {made_by.get('profile')}` "
+               f"({made_by.get('role')} model)" + (f"; {reproduce}" if reproduce else "."))
+    else:
+        how = reproduce or f"from `{cfg.get('out', '?')}`; see the findings page."
     live = checkpoint.name == Path(LIVE_MODEL).name
     command = " ".join(["fer report card", shlex.quote(checkpoint.as_posix()), shlex.quote(metrics_json.as_posix()),
                         *(["--reproduce", shlex.quote(reproduce)] if reproduce else [])])
@@ -222,6 +223,12 @@ def model_card(checkpoint: Path, metrics_json: Path, reproduce: str = "") -> str
     wrap = textwrap.TextWrapper(width=112, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False)
     return "\n".join([f"<!-- made by: {command} -->", title, "", *([textwrap.fill(intro, 112), ""] if live else []),
                       *(wrap.fill(b) for b in bullets), ""])
+
+
+def _stored_half(ck: dict) -> bool:
+    """Whether a checkpoint keeps its weights in float16 (fer train --export-half)."""
+    import torch
+    return any(v.dtype == torch.float16 for v in ck.get("state_dict", {}).values())
 
 
 def _int8_kernels(m: dict) -> str:

@@ -37,7 +37,7 @@ import nbformat
 
 from .environment import describe_environment
 from .errors import UserError
-from .frontpage import reindex, render_html, tidy_notebook
+from .frontpage import read_listing, reindex, render_html, tidy_notebook
 from .models import LIVE_MODEL
 from .io import mask_url, partial_path, pid_alive, split_url_password, write_atomic
 from .progress import ENV as PROGRESS_ENV
@@ -768,7 +768,7 @@ def ship(report_dir, work="runs/study", models_dir=None, overwrite: bool = False
 
 def _scored(rd: Path, role: str, sha256: str) -> Path:
     """notebook 04's metrics.json of the run's ROLE model (its card's numbers), checked to be that file's."""
-    listing = json.loads((rd / "04_evaluate.json").read_text()) if (rd / "04_evaluate.json").is_file() else {}
+    listing = read_listing(rd) or {}
     folder = next((x["folder"] for x in listing.get("models", []) if x.get("role") == role), None)
     metrics = rd / str(folder) / "metrics.json"
     if folder is None or not metrics.is_file():
