@@ -9,14 +9,18 @@ Each training lives in TRAININGS/<model>-s<seed>-<key>/, keyed by a hash of what
 the recipe's fields that differ from TrainConfig's defaults, and the data's source sha256, ingest version
 and counts). A rerun, a resumed or restarted study, or another run of the same recipe on the same data
 reuses it, continuing it from its last epoch where it was stopped; a change to either trains anew beside
-it. Nothing here reads PrivateTest: the best single model, the ensemble's members and the model that
-becomes the live one are all chosen on PublicTest.
+it. A finished training kept in the checkout's trainings/ (keep_trainings, `fer study --keep-trainings`:
+its best.pt without optimizer state, history.json and config.json, committed) is reused on any machine, so
+that a study too long for one sitting goes on where the last machine stopped. Nothing here reads
+PrivateTest: the best single model, the ensemble's members and the model that becomes the live one are all
+chosen on PublicTest.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +29,16 @@ from .ensemble import build_ensemble, choose_members
 from .errors import UserError
 from .flags import check_settings, setting
 from .io import write_atomic
-from .models import load_model
+from .models import count_macs, count_params, create_model, load_checkpoint, load_model
 from .quantize import quantize_checkpoint
-from .train import UNCHECKED, TrainConfig, export_checkpoint, fit, save_atomic
+from .train import (UNCHECKED, TrainConfig, changed_fields, export_checkpoint, finished, fit, model_kwargs,
+                    save_atomic)
 
 MADE = ("single", "ensemble", "live")   # OUT/<name>.pt, each written only when the profile makes it
 MADE_FILE = "made.json"                 # OUT/made.json: which of them this run made (notebook 04 reads it)
+KEPT = Path(__file__).resolve().parents[1] / "trainings"   # finished trainings committed for a new machine
+KEPT_FILES = ("best.pt", "history.json", "config.json")
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -71,25 +79,77 @@ def member_configs(cfg: TrainConfig, mc: ModelsConfig) -> list[TrainConfig]:
     return [cfg] + [dataclasses.replace(cfg, seed=s) for s in dict.fromkeys(mc.seeds) if s != cfg.seed]
 
 
-def train_all(cfg: TrainConfig, mc: ModelsConfig, h5, trainings) -> list[dict]:
-    """fit() each of member_configs in its keyed folder: finished ones are reused, a stopped one continues."""
+def train_all(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, kept=(KEPT,)) -> list[dict]:
+    """fit() each of member_configs in its keyed folder: finished ones are reused (from TRAININGS, or from
+    a folder of kept trainings), a stopped one continues."""
     results = []
     for c in member_configs(cfg, mc):
         out = training_dir(c, h5, trainings)
         c = dataclasses.replace(c, data=str(h5), out=str(out))
+        found = next((Path(k) / out.name for k in kept
+                      if all((Path(k) / out.name / f).is_file() for f in KEPT_FILES)), None)
+        if found is not None:
+            print(f"training {c.model} seed {c.seed}: kept finished in {found}; nothing to train", flush=True)
+            results.append({**kept_training(found, c), "seed": c.seed, "key": out.name})
+            continue
         print(f"training {c.model} seed {c.seed} in {out}", flush=True)
         # the key holds the data by content: the same faces at another path (another run's HDF5) continue it
         results.append({**fit(c, resume="auto", ignore=("data",)), "seed": c.seed, "key": out.name})
     return results
 
 
-def make_models(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, out, made_by: dict | None = None) -> dict:
+def kept_training(folder, cfg: TrainConfig) -> dict:
+    """What fit() returns for a finished training, read from a kept one (keep_trainings) made by cfg."""
+    folder = Path(folder)
+    ck = load_checkpoint(folder / "best.pt")
+    differ = changed_fields(ck, cfg, ignore=("data",))
+    if differ:   # its folder name is the key of cfg: only a hand-edited folder gets here
+        raise UserError(f"{folder}: kept from another recipe ({', '.join(differ)} differ); remove it")
+    try:   # best.pt's own history ends at its best epoch
+        history = json.loads((folder / "history.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / 'history.json'}: unreadable ({e}); keep the training again") from None
+    model = create_model(cfg.model, **model_kwargs(cfg))
+    return {"history": history, "best": ck["best"], "out": str(folder), "params": count_params(model),
+            "macs": count_macs(model), "wall_s": 0.0}
+
+
+def keep_trainings(trainings, kept=KEPT) -> list[tuple[str, str]]:
+    """Copy each finished training under TRAININGS into KEPT/<its folder name>/ (KEPT_FILES: best.pt
+    without optimizer state, the paths in its config reduced to file names), for train_all on another
+    machine. A stopped training is left out, and a kept one is never replaced (its name is its recipe and
+    data). Returns [(name, "kept" | "already kept" | "unfinished")]."""
+    if not Path(trainings).is_dir():
+        raise UserError(f"{trainings}: no trainings there (notebook 02 writes them under WORK/trainings)")
+    done = []
+    for run in sorted(p for p in Path(trainings).iterdir() if (p / "last.pt").is_file()):
+        dst = Path(kept) / run.name
+        if dst.exists():
+            done.append((run.name, "already kept"))
+            continue
+        ck = load_checkpoint(run / "last.pt")
+        if not finished(ck, TrainConfig(**{k: v for k, v in ck["config"].items() if k in TRAIN_FIELDS})):
+            done.append((run.name, f"unfinished (epoch {ck['epoch']} of {ck['config'].get('epochs')})"))
+            continue
+        config = {**ck["config"], **{k: Path(str(ck["config"].get(k) or "")).name for k in ("data", "out")}}
+        part = dst.with_name(f".partial-{dst.name}")
+        shutil.rmtree(part, ignore_errors=True)
+        export_checkpoint(run / "best.pt", part / "best.pt", config=config)
+        write_atomic(part / "history.json", json.dumps(ck["history"], indent=2))
+        write_atomic(part / "config.json", json.dumps(config, indent=2))
+        part.rename(dst)   # whole or not at all
+        done.append((run.name, "kept"))
+    return done
+
+
+def make_models(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, out, made_by: dict | None = None,
+                kept=(KEPT,)) -> dict:
     """Train (or reuse) every training, then write OUT/single.pt (the best on PublicTest), OUT/ensemble.pt
     (the best subset of two or more on PublicTest, where there are two trainings; OUT/selection.json says why),
     OUT/live.pt, and OUT/made.json listing them. Returns {"trainings": [...], "single", "ensemble", "live": path
     or None, "selection": rows, "listing": made.json}."""
     out = Path(out)
-    results = train_all(cfg, mc, h5, trainings)
+    results = train_all(cfg, mc, h5, trainings, kept)
     best_of = {r["key"]: Path(r["out"]) / "best.pt" for r in results}
     chosen = max(results, key=lambda r: r["best"]["val_acc"])["key"]   # PublicTest, as fit() scored it
     made_by = {**(made_by or {}), "trainings": [r["key"] for r in results]}

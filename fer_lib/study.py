@@ -6,6 +6,7 @@
     fer study --data ../shared/fer2013/archive.zip --profile full --publish --resume   # the committed reports/full-real/
     fer study --data archive.zip -p train.epochs=3 -p tune.n_trials=2 --only 01,02,03
     fer study --nbval-refs                                     # regenerate tests/nbval/ (synthetic, smoke)
+    fer study --keep-trainings                                 # finished trainings into trainings/, to commit
 
 Each notebook runs with cwd=notebooks/ and absolute paths as parameters. Results for readers go to
 runs/reports/<run>/ (executed .ipynb, code-hidden .html, index.html/.md, manifest.json), or to the
@@ -859,6 +860,9 @@ def add_arguments(p) -> None:
                    help="copy the models a finished real-data run made into models/ (its profile's models.ship names), "
                         "instead of a study; with --overwrite to replace them, --prune to drop the ones it no longer makes")
     p.add_argument("--prune", action="store_true", help="with --ship: remove the checkpoints of models/ it does not ship")
+    p.add_argument("--keep-trainings", action="store_true",
+                   help="copy the finished trainings under WORK/trainings into the checkout's trainings/ (best.pt "
+                        "without optimizer state, history, config), to commit: a study on another machine reuses them")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -874,6 +878,11 @@ def run(args) -> int:
                 changed = reindex(args.reindex)
             print(f"wrote {Path(args.reindex) / 'index.html'}" + (f"; paths made relative in {len(changed)} files"
                                                                    if changed else ""))
+            return 0
+        if args.keep_trainings:
+            from .chain import KEPT, keep_trainings
+            for name, what in keep_trainings(Path(args.work) / TRAININGS, KEPT):
+                print(f"{name}: {what}")
             return 0
         if args.ship:
             with lock_run(args.ship) if Path(args.ship).is_dir() else nullcontext():

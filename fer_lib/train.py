@@ -582,7 +582,8 @@ RUN_FILES = ("last.pt", "best.pt", "history.json")
 UNCHECKED = ("progress", "out")  # may change between a run and its resumption
 
 
-def _finished(ck: dict, cfg: TrainConfig) -> bool:
+def finished(ck: dict, cfg: TrainConfig) -> bool:
+    """Whether the run of checkpoint ck has no epoch left under cfg (its epochs, or its patience)."""
     return ck["epoch"] >= cfg.epochs or bool(cfg.patience and ck["epoch"] - ck["best"]["epoch"] >= cfg.patience)
 
 
@@ -634,7 +635,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False, i
     """
     out = Path(cfg.out)
     ck = check_run_folder(cfg, resume, overwrite, ignore)
-    if ck is not None and _finished(ck, cfg):
+    if ck is not None and finished(ck, cfg):
         print(f"{out} is finished (epoch {ck['epoch']}, best PublicTest acc {ck['best']['val_acc']:.4f} "
               f"at epoch {ck['best']['epoch']}); nothing to train")
         model = create_model(cfg.model, **model_kwargs(cfg))

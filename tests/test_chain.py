@@ -1,6 +1,7 @@
 """Notebook 02's chain (fer_lib.chain): trainings keyed by recipe and data and reused, the single model,
 the ensemble and the live model, each chosen on PublicTest without reading PrivateTest."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -130,3 +131,45 @@ def test_made_models_names_what_is_missing(tmp_path, tiny_checkpoint):
     listing.write_text("{not json")
     with pytest.raises(UserError, match="not the list of models notebook 02 made"):
         made_models(listing)
+
+
+def test_a_kept_training_is_reused_on_a_machine_without_its_run(made, synthetic_h5, tmp_path):
+    """keep_trainings copies the finished trainings; a fresh machine's chain trains none of them again."""
+    out, _, root = made
+    trainings = shutil.copytree(root / "trainings", tmp_path / "trainings")
+    save = train.save_atomic
+    unfinished = training_dir(recipe(epochs=3), synthetic_h5, trainings)
+    with pytest.MonkeyPatch.context() as mp:   # a training stopped after its first epoch is not kept
+        def stop(obj, path):
+            save(obj, path)
+            if path.name == "last.pt":
+                raise KeyboardInterrupt
+        mp.setattr(train, "save_atomic", stop)
+        with pytest.raises(KeyboardInterrupt):
+            chain.train_all(recipe(epochs=3), ModelsConfig(), synthetic_h5, trainings, kept=())
+    kept = tmp_path / "kept"
+    done = dict(chain.keep_trainings(trainings, kept))
+    assert done.pop(unfinished.name) == "unfinished (epoch 1 of 3)"
+    assert set(done.values()) == {"kept"} and sorted(done) == sorted(r["key"] for r in out["trainings"])
+    for r in out["trainings"]:
+        folder = kept / r["key"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(chain.KEPT_FILES)
+        ck = load_checkpoint(folder / "best.pt")
+        assert "optimizer" not in ck and "train_state_dict" not in ck
+        assert ck["config"]["out"] == r["key"] and "/" not in ck["config"]["data"]   # no machine's paths
+        assert json.loads((folder / "history.json").read_text()) == r["history"]
+    assert set(dict(chain.keep_trainings(trainings, kept)).values()) == {"already kept", "unfinished (epoch 1 of 3)"}
+    fresh = tmp_path / "fresh_machine"
+    again = make_models(recipe(), ModelsConfig(seeds=[1, 2], max_members=2, calibration_faces=64), synthetic_h5,
+                        fresh / "trainings", fresh / "models", made_by={"notebook": "test"}, kept=(kept,))
+    assert not (fresh / "trainings").exists()   # nothing trained
+    assert [r["history"] for r in again["trainings"]] == [r["history"] for r in out["trainings"]]
+    assert [r["best"] for r in again["trainings"]] == [r["best"] for r in out["trainings"]]
+    for role in ("single", "ensemble", "live"):
+        a, b = load_checkpoint(out[role])["state_dict"], load_checkpoint(again[role])["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    (kept / out["trainings"][0]["key"] / "history.json").write_text("{not json")
+    with pytest.raises(UserError, match="history.json: unreadable"):
+        chain.train_all(recipe(), ModelsConfig(), synthetic_h5, fresh / "trainings", kept=(kept,))
+    with pytest.raises(UserError, match="no trainings there"):
+        chain.keep_trainings(tmp_path / "nowhere", kept)

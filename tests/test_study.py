@@ -403,3 +403,18 @@ def test_the_full_profile_ships_the_live_model_under_its_name():
     from fer_lib.profiles import load_profile
     ship_names = load_profile("full")["models"].ship
     assert f"models/{ship_names['live']}.pt" == LIVE_MODEL and set(ship_names) == {"single", "ensemble", "live"}
+
+
+def test_keep_trainings_copies_the_finished_ones_for_another_machine(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    from fer_lib import chain
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(chain, "KEPT", kept)
+    assert main(["study", "--keep-trainings", "--work", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty/trainings: no trainings there" in err and len(err.splitlines()) == 1
+    shutil.copytree(tiny_checkpoint.parent, tmp_path / "work" / "trainings" / "vgg_small-s0-0123456789abcdef")
+    assert main(["study", "--keep-trainings", "--work", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out == "vgg_small-s0-0123456789abcdef: kept\n"
+    assert sorted(p.name for p in (kept / "vgg_small-s0-0123456789abcdef").iterdir()) == sorted(chain.KEPT_FILES)
+    assert main(["study", "--keep-trainings", "--work", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out == "vgg_small-s0-0123456789abcdef: already kept\n"
