@@ -861,8 +861,9 @@ def add_arguments(p) -> None:
                         "instead of a study; with --overwrite to replace them, --prune to drop the ones it no longer makes")
     p.add_argument("--prune", action="store_true", help="with --ship: remove the checkpoints of models/ it does not ship")
     p.add_argument("--keep-trainings", action="store_true",
-                   help="copy the finished trainings under WORK/trainings into the checkout's trainings/ (best.pt "
-                        "without optimizer state, history, config), to commit: a study on another machine reuses them")
+                   help="copy the finished trainings under WORK/trainings (best.pt without optimizer state, history, "
+                        "config) and each run's search journal into the checkout's trainings/, to commit: a study on "
+                        "another machine reuses the trainings and continues the searches")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -881,7 +882,11 @@ def run(args) -> int:
             return 0
         if args.keep_trainings:
             from .chain import KEPT, keep_trainings
-            for name, what in keep_trainings(Path(args.work) / TRAININGS, KEPT):
+            from .tune import JOURNAL, keep_search
+            done = keep_trainings(Path(args.work) / TRAININGS, KEPT)
+            for journal in sorted(Path(args.work).glob(f"*/tune/{JOURNAL}")):   # notebook 03's, per run
+                done += keep_search(journal, KEPT)
+            for name, what in done:
                 print(f"{name}: {what}")
             return 0
         if args.ship:

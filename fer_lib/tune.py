@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import importlib.util
 import json
 import logging
@@ -41,6 +42,7 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from . import train
+from .chain import KEPT
 from .data import read_info
 from .environment import describe_environment, describe_machine
 from .errors import UserError, check_output_path
@@ -49,6 +51,9 @@ from .io import mask_url, pid_alive, read_config, write_atomic
 from .models import create_model, load_checkpoint
 from .progress import in_notebook
 from .train import TrainConfig, resolve_config
+
+JOURNAL = "optuna.journal"   # a search's storage in its run folder, unless given another
+SEARCH_ATTRS = ("data_sha256", "epochs_per_trial", "train_fraction", "seed", "base_config", "final")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
 
@@ -233,7 +238,7 @@ STORAGE_ENV = "FER_OPTUNA_STORAGE"  # a storage URL from the environment, when -
 def describe_storage(storage: str, out) -> str:
     """What a study is stored in, fit to print: the URL with its password masked, or the journal file."""
     storage = storage or os.environ.get(STORAGE_ENV, "")
-    return mask_url(storage) if storage else str(Path(out).resolve() / "optuna.journal")
+    return mask_url(storage) if storage else str(Path(out).resolve() / JOURNAL)
 
 
 def open_storage(storage: str):
@@ -454,7 +459,7 @@ def _stop_when_claimed(n_trials: int):
 # ----------------------------------------------------------------------------- running and results
 
 def run_study(data: str, out: str, budget: TuneConfig | None = None, base: TrainConfig | None = None,
-              storage: str = "", worker: int = 0, threads: int | None = None) -> optuna.Study:
+              storage: str = "", worker: int = 0, threads: int | None = None, kept=KEPT) -> optuna.Study:
     """Run trials until the study has budget.n_trials finished ones (all workers together) or budget.timeout
     seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
 
@@ -462,7 +467,9 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
     own epochs, or budget.final_epochs, and its train_fraction); trials train budget.epochs_per_trial epochs
     on budget.train_fraction of Training.
     budget.workers > 1 starts workers - 1 more processes on the same study beside this one, each with one
-    thread (benchmarks/tune_workers.py: faster than one process with every thread)."""
+    thread (benchmarks/tune_workers.py: faster than one process with every thread).
+    kept: where `fer study --keep-trainings` keeps searches (keep_search); a search with no journal in `out`
+    continues the kept one of the same settings and data, begun on another machine."""
     b = budget or TuneConfig()
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data}: no such HDF5 file (make one with `fer preprocess`)")
@@ -479,14 +486,16 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
         create_pruner(b.pruner, min_epochs, epochs, b.reduction_factor)
     except ValueError as e:
         raise UserError(str(e)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    study = create_study(storage or str(out / "optuna.journal"), b.study_name, b.seed, b.pruner, min_epochs,
-                         epochs, worker, b.reduction_factor)
     fixed = {k: v for k, v in dataclasses.asdict(recipe).items()
              if k not in ("data", "out", "epochs", "train_fraction", "seed")}
     search = {"data_sha256": read_info(data)["source_sha256"], "epochs_per_trial": epochs,
               "train_fraction": b.train_fraction, "seed": b.seed, "base_config": fixed,
               "final": {"epochs": recipe.epochs, "train_fraction": recipe.train_fraction}}
+    out.mkdir(parents=True, exist_ok=True)
+    if not storage and kept is not None and worker == 0:
+        continue_kept_search(out / JOURNAL, Path(kept) / f"search-{search_key(search)}" / JOURNAL)
+    study = create_study(storage or str(out / JOURNAL), b.study_name, b.seed, b.pruner, min_epochs,
+                         epochs, worker, b.reduction_factor)
     for key, value in search.items():  # a resumed study must keep its trials comparable
         old = study.user_attrs.get(key, value)
         if old != value:
@@ -535,6 +544,38 @@ def run_study(data: str, out: str, budget: TuneConfig | None = None, base: Train
     return study
 
 
+def search_key(search: dict) -> str:
+    """16 hex digits of sha256 over what makes a search's trials comparable (run_study's `search` attributes)."""
+    return hashlib.sha256(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def continue_kept_search(journal: Path, src: Path) -> None:
+    """Copy a kept journal to `journal`, where none is yet: the search goes on from its trials."""
+    if journal.exists() or not src.is_file():
+        return
+    write_atomic(journal, src.read_bytes())
+    print(f"continuing the search kept in {src}, begun on another machine", flush=True)
+
+
+def keep_search(journal, kept=KEPT) -> list[tuple[str, str]]:
+    """Copy a search's journal file to KEPT/search-<search_key>/ for run_study on another machine, replacing
+    an older copy (a journal only grows). Only whole lines are copied: a search may be writing it now.
+    Returns [(folder name, what was kept)] for each study in it."""
+    journal = Path(journal)
+    text = journal.read_bytes()
+    text = text[:text.rfind(b"\n") + 1]
+    done = []
+    for summary in optuna.get_all_study_summaries(open_storage(str(journal))):
+        attrs = summary.user_attrs
+        if not all(k in attrs for k in SEARCH_ATTRS):
+            done.append((summary.study_name, "not a run_study search (no search attributes): left out"))
+            continue
+        name = f"search-{search_key({k: attrs[k] for k in SEARCH_ATTRS})}"
+        write_atomic(Path(kept) / name / JOURNAL, text)
+        done.append((name, f"kept {journal} ({summary.n_trials} trials)"))
+    return done
+
+
 def search_seconds(study: optuna.Study, workers: int = 1) -> float:
     """The search's time so far, every sitting together: its finished trials' durations over the workers that
     ran side by side (a killed trial's time is counted by its retry, which goes on from its epochs)."""
@@ -557,7 +598,7 @@ def _start_workers(budget: TuneConfig, recipe: TrainConfig, out: Path, storage: 
         "train": {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("data", "out")},
         "tune": {**dataclasses.asdict(budget), "workers": 1, "final_top": 0}}, indent=2))  # the finalists: worker 0
     # the storage URL goes by the environment, so that a password is not on any command line
-    env = {**os.environ, STORAGE_ENV: storage or str(out / "optuna.journal"), "FER_PROGRESS": "0"}
+    env = {**os.environ, STORAGE_ENV: storage or str(out / JOURNAL), "FER_PROGRESS": "0"}
     helpers = []
     for w in range(1, budget.workers):
         cmd = [sys.executable, "-m", "fer_lib.cli", "tune", "--data", recipe.data, "--out", str(out),
@@ -844,7 +885,7 @@ def add_arguments(p) -> None:
 def load_existing(storage: str, out, study_name: str) -> optuna.Study:
     """A study that `fer tune` made (--storage, $FER_OPTUNA_STORAGE or OUT/optuna.journal), without creating
     one; UserError when there is none."""
-    storage = storage or os.environ.get(STORAGE_ENV, "") or str(Path(out) / "optuna.journal")
+    storage = storage or os.environ.get(STORAGE_ENV, "") or str(Path(out) / JOURNAL)
     if "://" not in storage and not Path(storage).is_file():
         raise UserError(f"{storage}: no study here (run fer tune first)")
     try:

@@ -405,7 +405,8 @@ def test_the_full_profile_ships_the_live_model_under_its_name():
     assert f"models/{ship_names['live']}.pt" == LIVE_MODEL and set(ship_names) == {"single", "ensemble", "live"}
 
 
-def test_keep_trainings_copies_the_finished_ones_for_another_machine(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+def test_keep_trainings_copies_the_finished_ones_for_another_machine(tmp_path, tiny_checkpoint, synthetic_h5,
+                                                                    monkeypatch, capsys):
     from fer_lib import chain
     kept = tmp_path / "kept"
     monkeypatch.setattr(chain, "KEPT", kept)
@@ -413,8 +414,14 @@ def test_keep_trainings_copies_the_finished_ones_for_another_machine(tmp_path, t
     err = capsys.readouterr().err.strip()
     assert "empty/trainings: no trainings there" in err and len(err.splitlines()) == 1
     shutil.copytree(tiny_checkpoint.parent, tmp_path / "work" / "trainings" / "vgg_small-s0-0123456789abcdef")
+    from fer_lib import tune
+    tune.run_study(str(synthetic_h5), str(tmp_path / "work" / "full-real" / "tune"),
+                   tune.TuneConfig(n_trials=0, epochs_per_trial=1, timeout=None), kept=None)   # notebook 03's
     assert main(["study", "--keep-trainings", "--work", str(tmp_path / "work")]) == 0
-    assert capsys.readouterr().out == "vgg_small-s0-0123456789abcdef: kept\n"
+    trainings, searches = capsys.readouterr().out.splitlines()
+    assert trainings == "vgg_small-s0-0123456789abcdef: kept"
+    assert searches.startswith("search-") and "full-real/tune/optuna.journal" in searches
+    assert (kept / searches.split(":")[0] / tune.JOURNAL).is_file()
     assert sorted(p.name for p in (kept / "vgg_small-s0-0123456789abcdef").iterdir()) == sorted(chain.KEPT_FILES)
     assert main(["study", "--keep-trainings", "--work", str(tmp_path / "work")]) == 0
-    assert capsys.readouterr().out == "vgg_small-s0-0123456789abcdef: already kept\n"
+    assert capsys.readouterr().out.splitlines()[0] == "vgg_small-s0-0123456789abcdef: already kept"

@@ -832,3 +832,24 @@ def test_a_resumed_search_keeps_one_timeout_over_its_sittings():
     assert tune.remaining_timeout(study, 3600, workers=2) == 3600 - 25 * 60
     assert tune.remaining_timeout(study, 1200, workers=1) == 1200 - 3000   # spent: no new trial
     assert tune.remaining_timeout(study, None) is None
+
+
+def test_a_kept_search_goes_on_on_another_machine(synthetic_h5, tmp_path, capsys):
+    """keep_search copies the journal (whole lines only); run_study with no journal of its own continues it."""
+    first = tune.run_study(str(synthetic_h5), str(tmp_path / "a"), search(n_trials=3), TrainConfig(**TINY), kept=None)
+    done = {t.number: (t.params, t.value) for t in first.get_trials(states=FINISHED)}
+    assert len(done) == 3
+    journal = tmp_path / "a" / tune.JOURNAL
+    with journal.open("ab") as f:   # a line being written while it is kept
+        f.write(b'{"op_code": 5, "worker_id": "x", "trial_id"')
+    kept = tmp_path / "kept"
+    ((name, what),) = tune.keep_search(journal, kept)
+    assert name.startswith("search-") and what.endswith("(3 trials)")
+    assert (kept / name / tune.JOURNAL).read_bytes() == journal.read_bytes().rsplit(b"\n", 1)[0] + b"\n"
+    capsys.readouterr()
+    again = tune.run_study(str(synthetic_h5), str(tmp_path / "b"), search(n_trials=3), TrainConfig(**TINY), kept=kept)
+    assert "continuing the search kept in" in capsys.readouterr().out
+    assert {t.number: (t.params, t.value) for t in again.get_trials(states=FINISHED)} == done   # none trained again
+    other = tune.run_study(str(synthetic_h5), str(tmp_path / "c"), search(n_trials=0, epochs_per_trial=2),
+                           TrainConfig(**TINY), kept=kept)   # other settings: not that search
+    assert "continuing" not in capsys.readouterr().out and not other.get_trials(states=FINISHED)
