@@ -80,22 +80,23 @@ def member_configs(cfg: TrainConfig, mc: ModelsConfig) -> list[TrainConfig]:
 
 
 def train_all(cfg: TrainConfig, mc: ModelsConfig, h5, trainings, kept=(KEPT,)) -> list[dict]:
-    """fit() each of member_configs in its keyed folder: finished ones are reused (from TRAININGS, or from
-    a folder of kept trainings), a stopped one continues."""
-    results = []
-    for c in member_configs(cfg, mc):
-        out = training_dir(c, h5, trainings)
-        c = dataclasses.replace(c, data=str(h5), out=str(out))
-        found = next((Path(k) / out.name for k in kept
-                      if all((Path(k) / out.name / f).is_file() for f in KEPT_FILES)), None)
-        if found is not None:
-            print(f"training {c.model} seed {c.seed}: kept finished in {found}; nothing to train", flush=True)
-            results.append({**kept_training(found, c), "seed": c.seed, "key": out.name})
-            continue
-        print(f"training {c.model} seed {c.seed} in {out}", flush=True)
-        # the key holds the data by content: the same faces at another path (another run's HDF5) continue it
-        results.append({**fit(c, resume="auto", ignore=("data",)), "seed": c.seed, "key": out.name})
-    return results
+    """keyed_fit() each of member_configs."""
+    return [{**keyed_fit(c, h5, trainings, kept), "seed": c.seed} for c in member_configs(cfg, mc)]
+
+
+def keyed_fit(cfg: TrainConfig, h5, trainings, kept=(KEPT,)) -> dict:
+    """fit() cfg on h5 in TRAININGS/<model>-s<seed>-<key>/: a finished training there or in a folder of
+    kept ones is returned as it is, a stopped one continues. fit()'s result, with its "key"."""
+    out = training_dir(cfg, h5, trainings)
+    cfg = dataclasses.replace(cfg, data=str(h5), out=str(out))
+    found = next((Path(k) / out.name for k in kept if all((Path(k) / out.name / f).is_file() for f in KEPT_FILES)),
+                 None)
+    if found is not None:
+        print(f"training {cfg.model} seed {cfg.seed}: kept finished in {found}; nothing to train", flush=True)
+        return {**kept_training(found, cfg), "key": out.name}
+    print(f"training {cfg.model} seed {cfg.seed} in {out}", flush=True)
+    # the key holds the data by content: the same faces at another path (another run's HDF5) continue it
+    return {**fit(cfg, resume="auto", ignore=("data",)), "key": out.name}
 
 
 def kept_training(folder, cfg: TrainConfig) -> dict:

@@ -861,9 +861,9 @@ def add_arguments(p) -> None:
                         "instead of a study; with --overwrite to replace them, --prune to drop the ones it no longer makes")
     p.add_argument("--prune", action="store_true", help="with --ship: remove the checkpoints of models/ it does not ship")
     p.add_argument("--keep-trainings", action="store_true",
-                   help="copy the finished trainings under WORK/trainings (best.pt without optimizer state, history, "
-                        "config) and each run's search journal into the checkout's trainings/, to commit: a study on "
-                        "another machine reuses the trainings and continues the searches")
+                   help="copy the finished trainings under WORK/trainings and WORK/RUN/tune/final (best.pt without "
+                        "optimizer state, history, config) and each run's search journal into the checkout's "
+                        "trainings/, to commit: a study on another machine reuses the trainings, continues the searches")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -884,8 +884,9 @@ def run(args) -> int:
             from .chain import KEPT, keep_trainings
             from .tune import JOURNAL, keep_search
             done = keep_trainings(Path(args.work) / TRAININGS, KEPT)
-            for journal in sorted(Path(args.work).glob(f"*/tune/{JOURNAL}")):   # notebook 03's, per run
-                done += keep_search(journal, KEPT)
+            for tune_dir in sorted(Path(args.work).glob("*/tune")):   # notebook 03's, per run
+                done += keep_trainings(tune_dir / "final", KEPT) if (tune_dir / "final").is_dir() else []
+                done += keep_search(tune_dir / JOURNAL, KEPT) if (tune_dir / JOURNAL).is_file() else []
             for name, what in done:
                 print(f"{name}: {what}")
             return 0

@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from . import train
-from .chain import KEPT
+from .chain import KEPT, keyed_fit
 from .data import read_info
 from .environment import describe_environment, describe_machine
 from .errors import UserError, check_output_path
@@ -459,7 +459,8 @@ def _stop_when_claimed(n_trials: int):
 # ----------------------------------------------------------------------------- running and results
 
 def run_study(data: str, out: str, budget: TuneConfig | None = None, base: TrainConfig | None = None,
-              storage: str = "", worker: int = 0, threads: int | None = None, kept=KEPT) -> optuna.Study:
+              storage: str = "", worker: int = 0, threads: int | None = None,
+              kept: Path | None = KEPT) -> optuna.Study:
     """Run trials until the study has budget.n_trials finished ones (all workers together) or budget.timeout
     seconds pass; then write best_params.json and trials.csv into `out`. Returns the study.
 
@@ -661,22 +662,23 @@ def finalists(study: optuna.Study, k: int) -> list[tuple[str, optuna.trial.Froze
     return [("+".join(r), t) for t, r in roles.values()] + [(f"search #{i + 1}", t) for i, t in enumerate(ranked[:k])]
 
 
-def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: int | None = None) -> dict:
-    """Train each finalist at the recipe's epochs into OUT/final/trial_<n> (resumed when killed),
-    PublicTest only; then the rank correlation of proxy and final PublicTest scores, and the choice.
-    Writes OUT/final.json and points OUT/best_params.json at the chosen finalist."""
+def retrain_finalists(study: optuna.Study, data: str, out, k: int = 3, threads: int | None = None,
+                      kept=(KEPT,)) -> dict:
+    """Train each finalist at the recipe's epochs into OUT/final/<its training key> (chain.keyed_fit: resumed
+    when killed, reused from `kept` on another machine), PublicTest only; then the rank correlation of proxy
+    and final PublicTest scores, and the choice. Writes OUT/final.json and points OUT/best_params.json at the
+    chosen finalist."""
     if threads:
         torch.set_num_threads(threads)
     out, rows, todo = Path(out), [], finalists(study, k)
     for i, (role, t) in enumerate(todo, 1):
         # progress: the run prints its plan (epochs, measured speed, time); bars only where FER_PROGRESS allows
-        cfg = trial_config(study, t, final=True, data=str(data), out=str(out / "final" / f"trial_{t.number}"),
-                           progress=True)
-        print(f"finalist {i}/{len(todo)}: trial {t.number} ({role}) at {cfg.epochs} epochs in {cfg.out}", flush=True)
-        result = train.fit(cfg, resume="auto")
+        cfg = trial_config(study, t, final=True, progress=True)
+        print(f"finalist {i}/{len(todo)}: trial {t.number} ({role}) at {cfg.epochs} epochs", flush=True)
+        result = keyed_fit(cfg, data, out / "final", kept)
         rows.append({"role": role, "trial": t.number, "proxy_val_acc": t.value,
                      "final_val_acc": result["best"]["val_acc"], "final_epoch": result["best"]["epoch"],
-                     "run": cfg.out, "train_config": _recipe_fields(cfg)})
+                     "run": result["out"], "train_config": _recipe_fields(cfg)})
     rho = rank_correlation([r["proxy_val_acc"] for r in rows], [r["final_val_acc"] for r in rows])
     searched = [r for r in rows if r["role"].startswith("search")]
     result = {"finalists": rows, "spearman_proxy_final": rho, "final_budget": study.user_attrs["final"],
@@ -808,7 +810,7 @@ def study_progress(study: optuna.Study, cfg: TuneConfig, out) -> dict:
                                after)
     search = sum(left(t.last_step or 0, "reference" in t.user_attrs) for t in running) + \
         max(cfg.n_trials - len(finished) - len(running), 0) * left()
-    done = {p.parent.name: len(json.loads(p.read_text())) for p in Path(out).glob("final/trial_*/history.json")}
+    done = {p.parent.name: len(json.loads(p.read_text())) for p in Path(out).glob("final/*/history.json")}
     finalists = (len(set(t.number for t in references(study, states=None).values())) + cfg.final_top) * final_epochs
     cpu = describe_environment()["cpu"]
     trained = {t.number: (t.last_step or 0) - judged_epochs(t, study) for t in finished}  # a retry: its own epochs

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 import fer_lib.train
 from fer_lib.environment import describe_machine
 from fer_lib.errors import UserError
-from fer_lib import tune
+from fer_lib import chain, tune
 from fer_lib.models import create_model
 from fer_lib.train import TrainConfig, build_optimizer, build_scheduler, model_kwargs, resolve_config
 
@@ -648,6 +648,13 @@ def test_finalists_are_retrained_at_the_recipes_budget(synthetic_h5, tmp_path):
     # a rerun (after a kill, say) finds the runs finished and trains nothing again
     again = tune.retrain_finalists(study, str(synthetic_h5), tmp_path, k=2)
     assert again == final
+    # kept (fer study --keep-trainings), the finalists are not trained again on another machine
+    kept = tmp_path / "kept"
+    assert {what for _, what in chain.keep_trainings(tmp_path / "final", kept)} == {"kept"}
+    elsewhere = tune.retrain_finalists(study, str(synthetic_h5), tmp_path / "elsewhere", k=2, kept=(kept,))
+    assert not (tmp_path / "elsewhere" / "final").exists()
+    assert [Path(r["run"]).parent for r in elsewhere["finalists"]] == [kept] * 4
+    assert [{**r, "run": None} for r in elsewhere["finalists"]] == [{**r, "run": None} for r in final["finalists"]]
 
 
 def test_final_table_names_a_shared_reference_twice_and_skips_what_is_missing():
