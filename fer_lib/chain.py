@@ -61,8 +61,9 @@ class ModelsConfig:
 
 
 def training_key(cfg: TrainConfig, h5) -> str:
-    """16 hex digits of sha256 over what shapes a training: its recipe and its data (not where they lie)."""
-    default, info = dataclasses.asdict(TrainConfig()), read_info(h5)
+    """16 hex digits of sha256 over what shapes a training: its recipe and its data (not where they lie).
+    h5: the HDF5 file, or its read_info (data_info: before notebook 01 has written it)."""
+    default, info = dataclasses.asdict(TrainConfig()), h5 if isinstance(h5, dict) else read_info(h5)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in UNCHECKED + ("data",) and v != default[k]}  # a field added later keeps old keys valid
     data = {k: info[k] for k in ("source_sha256", "ingest_version", "counts")}
@@ -72,6 +73,23 @@ def training_key(cfg: TrainConfig, h5) -> str:
 
 def training_dir(cfg: TrainConfig, h5, trainings) -> Path:
     return Path(trainings) / f"{cfg.model}-s{cfg.seed}-{training_key(cfg, h5)}"
+
+
+def epochs_left(cfgs, h5, trainings, kept=(KEPT,)) -> list[int]:
+    """The epochs each training of cfgs has still to run (keyed_fit's folders): none where it is kept or
+    finished, else its epochs less those in its history.json. h5: as for training_key."""
+    left = []
+    for c in cfgs:
+        name = training_dir(c, h5, trainings).name
+        if any((Path(k) / name / "best.pt").is_file() for k in kept):
+            left.append(0)
+            continue
+        try:
+            done = len(json.loads((Path(trainings) / name / "history.json").read_text()))
+        except (OSError, ValueError):
+            done = 0
+        left.append(max(c.epochs - done, 0))
+    return left
 
 
 def member_configs(cfg: TrainConfig, mc: ModelsConfig) -> list[TrainConfig]:
@@ -97,6 +115,17 @@ def keyed_fit(cfg: TrainConfig, h5, trainings, kept=(KEPT,)) -> dict:
     print(f"training {cfg.model} seed {cfg.seed} in {out}", flush=True)
     # the key holds the data by content: the same faces at another path (another run's HDF5) continue it
     return {**fit(cfg, resume="auto", ignore=("data",)), "key": out.name}
+
+
+def training_compute(results) -> dict:
+    """{machine: seconds}: what the epochs of these trainings (fit()'s or keyed_fit()'s results) took, on each
+    machine they ran on, from their histories; a reused training counts the compute it cost when it ran."""
+    spent = {}
+    for r in results:
+        for row in r["history"]:
+            where = row.get("ran_on") or "an unrecorded machine"
+            spent[where] = spent.get(where, 0.0) + float(row.get("time_s") or 0.0)
+    return {k: round(v, 1) for k, v in spent.items()}
 
 
 def kept_training(folder, cfg: TrainConfig) -> dict:

@@ -20,6 +20,7 @@ import nbformat
 
 from .errors import UserError
 from .io import write_atomic
+from .profiles import format_duration
 from .stream import FACES_TO_JUDGE
 
 TEXT_SUFFIXES = (".json", ".md", ".html", ".ipynb", ".csv", ".txt")
@@ -196,8 +197,16 @@ def finding_02(rd: Path, m: dict):
     d, _ = _json(rd, "02_train_cnn.json")
     if not d:
         return None
+    spent = d.get("compute_s")   # every epoch's time, on each machine (a study may span several)
+    if spent:
+        n = len(d.get("trainings") or [0])
+        took = (f"; the {n} trainings' epochs took {format_duration(sum(spent.values()))} of compute ("
+                + "; ".join(f"{format_duration(v)} on {k}" for k, v in spent.items())
+                + f"), {format_duration(d['wall_s'])} of it in this run")
+    else:   # a run made before compute_s was recorded
+        took = f" in {d['wall_s'] / 60:.0f} min"
     return (f"Trained `{d['model']}` ({d['params'] / 1e6:.2f} M parameters, {d['macs_per_face'] / 1e6:.0f} M "
-            f"multiply-adds per face) for {d['epochs_run']} epochs in {d['wall_s'] / 60:.0f} min; the checkpoint "
+            f"multiply-adds per face) for {d['epochs_run']} epochs{took}; the checkpoint "
             f"kept is the best on PublicTest: {_pct(d['best_val_acc'])} at epoch {d['best_epoch']}.",
             _figs(rd, "02_training_curves.png"))
 

@@ -519,9 +519,16 @@ def run_study(source: str = "", profile: str = "smoke", run: str | None = None, 
             print(f"[study] resuming {run}: {', '.join(kept)} finished before; "
                   f"{len(notebooks) - len(kept)} to run", flush=True)
         if any(nb.stem[:2] in ("02", "03") for nb in notebooks[len(kept):]):  # the steps that train
-            from .data import read_info
+            from .chain import epochs_left, member_configs
+            from .data import INGEST_VERSION, read_info
             counts = read_info(h5)["counts"] if Path(h5).exists() else FER2013_COUNTS if source else SYNTHETIC_COUNTS
-            plan_line = time_plan(cfgs, counts, manifest["environment"])
+            # the trainings already made (here, or kept from another machine) are not planned again; before
+            # notebook 01 has run, FER-2013's data is named as its HDF5 will name it
+            info = read_info(h5) if Path(h5).exists() else {"source_sha256": source_sha256(source), "counts": counts,
+                                                            "ingest_version": INGEST_VERSION} if source else None
+            left = (epochs_left(member_configs(cfgs["train"], cfgs["models"]), info, Path(work).resolve() / TRAININGS)
+                    if info else None)
+            plan_line = time_plan(cfgs, counts, manifest["environment"], left)
             print(plan_line.pop("line"), flush=True)
             manifest["time_plan"] = plan_line
         t_study, failure, stopped = time.time(), None, None
@@ -572,11 +579,12 @@ FER2013_COUNTS = {"train": 28709, "val": 3589, "test": 3589}
 SYNTHETIC_COUNTS = {"train": 7 * 400, "val": 7 * 60, "test": 7 * 60}   # notebook 01's synthetic_per_class
 
 
-def time_plan(cfgs: dict, counts: dict, env: dict) -> dict:
+def time_plan(cfgs: dict, counts: dict, env: dict, left: list[int] | None = None) -> dict:
     """The time of the steps that train (02 and 03), from training speeds measured now on this machine (env:
     its describe_environment): {"cpu", "faces_per_s", "seconds": {"02": s, "03": s}, "line": what to print}.
-    02 counts every training of the chain (the recipe and each member seed); 03 its search's expected epochs
-    under its pruner (capped by its timeout) and its finalists, at the speed of the recipe it searches from."""
+    02 counts the epochs left of each training of the chain (the recipe and each member seed; `left`, from
+    chain.epochs_left, else all of them); 03 its search's expected epochs under its pruner (capped by its
+    timeout) and its finalists, at the speed of the recipe it searches from."""
     from .chain import member_configs
     from .profiles import format_duration as hours
     from .train import epoch_seconds, faces_per_second, pick_device
@@ -593,13 +601,15 @@ def time_plan(cfgs: dict, counts: dict, env: dict) -> dict:
     search_epochs = b.n_trials * expected_epochs(b.pruner, b.epochs_per_trial, b.min_epochs, b.reduction_factor)
     search = search_epochs * trial if b.timeout is None else min(search_epochs * trial, b.timeout)
     final_epochs = (2 + b.final_top) * (b.final_epochs or s.epochs)  # both references and the best trials
-    seconds = {"02": n_train * t.epochs * epoch, "03": search + final_epochs * final_epoch}
+    left = [t.epochs] * n_train if left is None else left
+    seconds = {"02": sum(left) * epoch, "03": search + final_epochs * final_epoch}
     amp = pick_device(t)[1]
     precision = "fp32" if amp is None else str(amp).replace("torch.", "")
     searched = "" if s.model == t.model else f" of {s.model} at {search_speed:.0f} faces/s"
+    done = f", {sum(left)} epochs left" if sum(left) < n_train * t.epochs else ""   # made here or kept
     line = (f"[study] time plan on {env['cpu']} ({env['cpu_count']} cores, {precision}), {speed:.0f} training "
             f"faces/s of {t.model} measured now: 02 about {hours(seconds['02'])} ({n_train} training(s) of "
-            f"{t.epochs} epochs of {hours(epoch)}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search "
+            f"{t.epochs} epochs of {hours(epoch)}{done}), 03 about {hours(seconds['03'])} (~{search_epochs:.0f} search "
             f"epochs of {hours(trial)}{searched}{', or its timeout' if b.timeout is not None else ''}, "
             f"{final_epochs} finalist epochs); 01, 04 and 05 take minutes; in all about "
             f"{hours(sum(seconds.values()))}. Stopped, `--resume` continues at the unfinished step and epoch.")

@@ -163,6 +163,10 @@ def test_a_kept_training_is_reused_on_a_machine_without_its_run(made, synthetic_
     again = make_models(recipe(), ModelsConfig(seeds=[1, 2], max_members=2, calibration_faces=64), synthetic_h5,
                         fresh / "trainings", fresh / "models", made_by={"notebook": "test"}, kept=(kept,))
     assert not (fresh / "trainings").exists()   # nothing trained
+    spent = chain.training_compute(out["trainings"])   # but what it cost when it ran is still counted
+    assert chain.training_compute(again["trainings"]) == spent and [r["wall_s"] for r in again["trainings"]] == [0.0] * 3
+    assert sum(spent.values()) == pytest.approx(sum(h["time_s"] for r in out["trainings"] for h in r["history"]), abs=0.2)
+    assert list(spent) == [out["trainings"][0]["history"][0]["ran_on"]]
     assert [r["history"] for r in again["trainings"]] == [r["history"] for r in out["trainings"]]
     assert [r["best"] for r in again["trainings"]] == [r["best"] for r in out["trainings"]]
     for role in ("single", "ensemble", "live"):

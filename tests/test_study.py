@@ -320,6 +320,25 @@ def test_time_plan_counts_each_training_step_at_the_measured_speed(monkeypatch):
     capped = time_plan({**cfgs, "tune": dataclasses.replace(b, timeout=60)}, FER2013_COUNTS, env)
     assert capped["seconds"]["03"] == round(60 + 4 * 18 * small)
     assert cfgs["tune"].timeout == 6 * 3600   # the full profile's own cap
+    # a training kept from another machine and one stopped at epoch 12 (chain.epochs_left) are not planned again
+    resumed = time_plan({**cfgs, "tune": b}, FER2013_COUNTS, env, left=[0, 18, 30])
+    assert resumed["seconds"]["02"] == round(48 * epoch)
+    assert "02 about 8.0 h (3 training(s) of 30 epochs of 10 min, 48 epochs left)" in resumed["line"]
+
+
+def test_epochs_left_counts_what_each_training_has_still_to_run(tmp_path):
+    from fer_lib.chain import epochs_left, training_dir
+    from fer_lib.train import TrainConfig
+    info = {"source_sha256": "ab" * 32, "ingest_version": 1, "counts": {"train": 10, "val": 5, "test": 5}}
+    cfgs = [TrainConfig(epochs=30, seed=s) for s in (0, 1, 2)]
+    trainings, kept = tmp_path / "trainings", tmp_path / "kept"
+    (kept / training_dir(cfgs[0], info, trainings).name).mkdir(parents=True)
+    (kept / training_dir(cfgs[0], info, trainings).name / "best.pt").write_bytes(b"")
+    stopped = training_dir(cfgs[1], info, trainings)
+    stopped.mkdir(parents=True)
+    (stopped / "history.json").write_text(json.dumps([{"epoch": e} for e in range(1, 13)]))
+    assert epochs_left(cfgs, info, trainings, kept=(kept,)) == [0, 18, 30]
+    assert epochs_left(cfgs, info, trainings, kept=()) == [30, 18, 30]
 
 
 def test_the_front_page_gives_each_step_its_compute_cpu_and_plan(stub_study):
