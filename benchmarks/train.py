@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from fer_lib.data import load_split, read_info
-from fer_lib.models import create_model
+from fer_lib.models import count_train_flops, create_model
 from fer_lib.train import augment_batch, build_optimizer, pick_device, resolve_config, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,13 @@ def time_it(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def matmul_gflops(dtype, n: int = 2048, reps: int = 8) -> float:
+    """The chip's practical peak in the engine's precision: GFLOP/s of an n x n matrix product (2 n^3 FLOPs)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b   # untimed: oneDNN picks its kernel
+    return reps * 2 * n ** 3 / time_it(lambda: [a @ b for _ in range(reps)]) / 1e9
 
 
 def main() -> None:
@@ -149,6 +156,16 @@ def main() -> None:
           f"{args.steps * args.batch_size / load_s:.0f} |")
     ratio = rate["engine"] / rate["plain"]
     print(f"\nengine / plain = {ratio:.2f}x  (target >= 2x: {'met' if ratio >= 2 else 'NOT met'})")
+
+    # how near the chip's limit the engine is: its FLOPs per face (forward and backward, FlopCounterMode) at its
+    # rate, against a matrix product in the same precision timed now
+    flops = count_train_flops(create_model(args.model))
+    peak = matmul_gflops(amp_dtype or torch.float32)
+    gflops = flops * rate["engine"] / 1e9
+    print(f"\n| training FLOPs per face | engine GFLOP/s | {'bf16' if amp_dtype else 'fp32'} 2048x2048 matmul GFLOP/s "
+          "| engine / matmul |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {flops / 1e9:.3f} G | {gflops:.0f} | {peak:.0f} | {gflops / peak:.2f} |")
 
 
 if __name__ == "__main__":

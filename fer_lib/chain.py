@@ -29,7 +29,7 @@ from .ensemble import build_ensemble, choose_members
 from .errors import UserError
 from .flags import check_settings, setting
 from .io import write_atomic
-from .models import count_macs, count_params, create_model, load_checkpoint, load_model
+from .models import count_macs, count_params, count_train_flops, create_model, load_checkpoint, load_model
 from .quantize import quantize_checkpoint
 from .train import (UNCHECKED, TrainConfig, changed_fields, export_checkpoint, finished, fit, model_kwargs,
                     save_atomic)
@@ -126,6 +126,13 @@ def training_compute(results) -> dict:
             where = row.get("ran_on") or "an unrecorded machine"
             spent[where] = spent.get(where, 0.0) + float(row.get("time_s") or 0.0)
     return {k: round(v, 1) for k, v in spent.items()}
+
+
+def train_pflop(results, cfg: TrainConfig, faces: int) -> float:
+    """PFLOP of the training steps of these trainings of cfg's model, `faces` Training faces an epoch
+    (models.count_train_flops: forward and backward; each epoch's PublicTest scoring aside)."""
+    flops = count_train_flops(create_model(cfg.model, **model_kwargs(cfg)))
+    return flops * faces * sum(len(r["history"]) for r in results) / 1e15
 
 
 def kept_training(folder, cfg: TrainConfig) -> dict:

@@ -200,7 +200,8 @@ def finding_02(rd: Path, m: dict):
     spent = d.get("compute_s")   # every epoch's time, on each machine (a study may span several)
     if spent:
         n = len(d.get("trainings") or [0])
-        took = (f"; the {n} trainings' epochs took {format_duration(sum(spent.values()))} of compute ("
+        flop = f" and {d['train_pflop']:.1f} PFLOP" if d.get("train_pflop") is not None else ""
+        took = (f"; the {n} trainings' epochs took {format_duration(sum(spent.values()))}{flop} of compute ("
                 + "; ".join(f"{format_duration(v)} on {k}" for k, v in spent.items())
                 + f"), {format_duration(d['wall_s'])} of it in this run")
     else:   # a run made before compute_s was recorded

@@ -231,6 +231,17 @@ def count_macs(model: nn.Module, img_size: int | None = None, in_chans: int = 1)
     return int(sum(macs))
 
 
+def count_train_flops(model: nn.Module, img_size: int | None = None, in_chans: int = 1) -> int:
+    """FLOPs of a training step per image, forward and backward, as torch.utils.flop_counter.FlopCounterMode
+    counts them (its convolutions and matrix products) on a batch of 2; the model itself is left as it was."""
+    from torch.utils.flop_counter import FlopCounterMode
+    img_size = img_size or getattr(model, "img_size", 48)
+    m = copy.deepcopy(model).train()   # a training forward moves batch-norm statistics: not the caller's
+    with FlopCounterMode(display=False) as counter:
+        m(torch.zeros(2, in_chans, img_size, img_size)).sum().backward()
+    return int(counter.get_total_flops()) // 2
+
+
 def summarize_models(names=None, **kwargs) -> list[dict]:
     """One row per registered model (pandas-friendly): name, parameters, multiply-adds per 48x48
     image, and the first line of its docstring. kwargs (e.g. activation) go to create_model."""

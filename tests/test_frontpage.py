@@ -124,10 +124,10 @@ def test_notebook_02s_finding_counts_the_compute_of_reused_trainings(tmp_path):
     from fer_lib.frontpage import finding_02
     d = {"model": "vgg", "params": 5.74e6, "macs_per_face": 376e6, "epochs_run": 30, "best_val_acc": 0.7,
          "best_epoch": 28, "wall_s": 7000.0, "trainings": [{}, {}, {}],
-         "compute_s": {"2-core AMD EPYC (bf16)": 14000.0, "2-core Intel Xeon (fp32)": 13000.0}}
+         "compute_s": {"2-core AMD EPYC (bf16)": 14000.0, "2-core Intel Xeon (fp32)": 13000.0}, "train_pflop": 5.83}
     (tmp_path / "02_train_cnn.json").write_text(json.dumps(d))
     text = finding_02(tmp_path, {})[0]
-    assert ("the 3 trainings' epochs took 7.5 h of compute (3.9 h on 2-core AMD EPYC (bf16); 3.6 h on 2-core "
+    assert ("the 3 trainings' epochs took 7.5 h and 5.8 PFLOP of compute (3.9 h on 2-core AMD EPYC (bf16); 3.6 h on 2-core "
             "Intel Xeon (fp32)), 1.9 h of it in this run") in text
     (tmp_path / "02_train_cnn.json").write_text(json.dumps({k: v for k, v in d.items() if k != "compute_s"}))
     assert "for 30 epochs in 117 min;" in finding_02(tmp_path, {})[0]   # an older run's summary

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fer_lib import models
-from fer_lib.models import (ACTIVATIONS, Classifier, count_macs, count_params, create_model, list_models,
-                            load_checkpoint, load_model, model_from_checkpoint, register_model, summarize_models)
+from fer_lib.models import (ACTIVATIONS, Classifier, count_macs, count_params, count_train_flops, create_model,
+                            list_models, load_checkpoint, load_model, model_from_checkpoint, register_model,
+                            summarize_models)
 from fer_lib.train import checkpoint, resolve_config, run_epoch, save_atomic, setup
 
 # Measured once with create_model(name) and written down: a change to an architecture must be deliberate.
@@ -38,6 +39,17 @@ def test_forward_shape_params_and_no_nan(name, activation):
 @pytest.mark.parametrize("name", list_models())
 def test_macs(name):
     assert count_macs(create_model(name)) == MACS[name]
+
+
+def test_a_training_step_costs_about_six_flops_per_multiply_add_and_leaves_the_model_alone():
+    """Forward 2 FLOPs per MAC, backward twice that (input and weight gradients); the first conv needs no
+    input gradient, batch-norm and activations are not counted: so a little under 6x."""
+    model = create_model("baseline")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flops = count_train_flops(model)
+    assert 5.5 * count_macs(model) < flops <= 6 * count_macs(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # batch-norm statistics too
+    assert count_train_flops(create_model("baseline", img_size=40)) < flops
 
 
 def test_baseline_params_and_macs_by_hand():
