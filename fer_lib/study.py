@@ -873,7 +873,8 @@ def add_arguments(p) -> None:
     p.add_argument("--keep-trainings", action="store_true",
                    help="copy the finished trainings under WORK/trainings and WORK/RUN/tune/final (best.pt without "
                         "optimizer state, history, config) and each run's search journal into the checkout's "
-                        "trainings/, to commit: a study on another machine reuses the trainings, continues the searches")
+                        "trainings/, to commit: a study on another machine reuses the trainings, continues the searches "
+                        "(a kept journal with trials this one lacks is replaced only with --overwrite)")
     p.add_argument("--nbval-refs", action="store_true",
                    help="regenerate the nbval reference notebooks in tests/nbval/ instead of a study")
 
@@ -896,7 +897,7 @@ def run(args) -> int:
             done = keep_trainings(Path(args.work) / TRAININGS, KEPT)
             for tune_dir in sorted(Path(args.work).glob("*/tune")):   # notebook 03's, per run
                 done += keep_trainings(tune_dir / "final", KEPT) if (tune_dir / "final").is_dir() else []
-                done += keep_search(tune_dir / JOURNAL, KEPT) if (tune_dir / JOURNAL).is_file() else []
+                done += keep_search(tune_dir / JOURNAL, KEPT, args.overwrite) if (tune_dir / JOURNAL).is_file() else []
             for name, what in done:
                 print(f"{name}: {what}")
             return 0

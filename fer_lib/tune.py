@@ -558,10 +558,11 @@ def continue_kept_search(journal: Path, src: Path) -> None:
     print(f"continuing the search kept in {src}, begun on another machine", flush=True)
 
 
-def keep_search(journal, kept=KEPT) -> list[tuple[str, str]]:
-    """Copy a search's journal file to KEPT/search-<search_key>/ for run_study on another machine, replacing
-    an older copy (a journal only grows). Only whole lines are copied: a search may be writing it now.
-    Returns [(folder name, what was kept)] for each study in it."""
+def keep_search(journal, kept=KEPT, overwrite: bool = False) -> list[tuple[str, str]]:
+    """Copy a search's journal file to KEPT/search-<search_key>/ for run_study on another machine. A kept
+    copy grows with it (the search went on from it: it is the start of this journal); one that holds lines
+    this journal lacks (another machine's trials) is replaced only with overwrite. Only whole lines are
+    copied: a search may be writing it now. Returns [(folder name, what was kept)] for each study in it."""
     journal = Path(journal)
     text = journal.read_bytes()
     text = text[:text.rfind(b"\n") + 1]
@@ -572,7 +573,15 @@ def keep_search(journal, kept=KEPT) -> list[tuple[str, str]]:
             done.append((summary.study_name, "not a run_study search (no search attributes): left out"))
             continue
         name = f"search-{search_key({k: attrs[k] for k in SEARCH_ATTRS})}"
-        write_atomic(Path(kept) / name / JOURNAL, text)
+        dst = Path(kept) / name / JOURNAL
+        old = dst.read_bytes() if dst.is_file() else b""
+        if old == text:
+            done.append((name, "already kept"))
+            continue
+        if not text.startswith(old) and not overwrite:
+            raise UserError(f"{dst}: holds trials that {journal} lacks (the search went on elsewhere); "
+                            "keep that one, or pass --overwrite to replace it")
+        write_atomic(dst, text)
         done.append((name, f"kept {journal} ({summary.n_trials} trials)"))
     return done
 

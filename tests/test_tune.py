@@ -860,3 +860,12 @@ def test_a_kept_search_goes_on_on_another_machine(synthetic_h5, tmp_path, capsys
     other = tune.run_study(str(synthetic_h5), str(tmp_path / "c"), search(n_trials=0, epochs_per_trial=2),
                            TrainConfig(**TINY), kept=kept)   # other settings: not that search
     assert "continuing" not in capsys.readouterr().out and not other.get_trials(states=FINISHED)
+    # the kept copy grows with the search that went on from it, and is never replaced by another one's
+    assert tune.keep_search(journal, kept) == [(name, "already kept")]
+    tune.run_study(str(synthetic_h5), str(tmp_path / "b"), search(n_trials=4), TrainConfig(**TINY), kept=kept)
+    assert tune.keep_search(tmp_path / "b" / tune.JOURNAL, kept)[0][1].endswith("(4 trials)")
+    assert (kept / name / tune.JOURNAL).read_bytes() == (tmp_path / "b" / tune.JOURNAL).read_bytes()
+    with pytest.raises(UserError, match="holds trials that .* lacks"):
+        tune.keep_search(journal, kept)   # the first machine's shorter journal
+    tune.keep_search(journal, kept, overwrite=True)
+    assert len(load(str(kept / name / tune.JOURNAL)).get_trials(states=FINISHED)) == 3
