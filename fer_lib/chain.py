@@ -62,7 +62,7 @@ class ModelsConfig:
 
 def training_key(cfg: TrainConfig, h5) -> str:
     """16 hex digits of sha256 over what shapes a training: its recipe and its data (not where they lie).
-    h5: the HDF5 file, or its read_info (data_info: before notebook 01 has written it)."""
+    h5: the HDF5 file, or a dict of its read_info fields (the study's time plan, before notebook 01 writes it)."""
     default, info = dataclasses.asdict(TrainConfig()), h5 if isinstance(h5, dict) else read_info(h5)
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in UNCHECKED + ("data",) and v != default[k]}  # a field added later keeps old keys valid
@@ -81,7 +81,7 @@ def epochs_left(cfgs, h5, trainings, kept=(KEPT,)) -> list[int]:
     left = []
     for c in cfgs:
         name = training_dir(c, h5, trainings).name
-        if any((Path(k) / name / "best.pt").is_file() for k in kept):
+        if find_kept(name, kept) is not None:
             left.append(0)
             continue
         try:
@@ -107,14 +107,18 @@ def keyed_fit(cfg: TrainConfig, h5, trainings, kept=(KEPT,)) -> dict:
     kept ones is returned as it is, a stopped one continues. fit()'s result, with its "key"."""
     out = training_dir(cfg, h5, trainings)
     cfg = dataclasses.replace(cfg, data=str(h5), out=str(out))
-    found = next((Path(k) / out.name for k in kept if all((Path(k) / out.name / f).is_file() for f in KEPT_FILES)),
-                 None)
+    found = find_kept(out.name, kept)
     if found is not None:
         print(f"training {cfg.model} seed {cfg.seed}: kept finished in {found}; nothing to train", flush=True)
         return {**kept_training(found, cfg), "key": out.name}
     print(f"training {cfg.model} seed {cfg.seed} in {out}", flush=True)
     # the key holds the data by content: the same faces at another path (another run's HDF5) continue it
     return {**fit(cfg, resume="auto", ignore=("data",)), "key": out.name}
+
+
+def find_kept(name: str, kept) -> Path | None:
+    """The first folder of `kept` that holds the whole kept training `name` (keep_trainings' KEPT_FILES)."""
+    return next((Path(k) / name for k in kept if all((Path(k) / name / f).is_file() for f in KEPT_FILES)), None)
 
 
 def training_compute(results) -> dict:

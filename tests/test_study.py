@@ -332,8 +332,11 @@ def test_epochs_left_counts_what_each_training_has_still_to_run(tmp_path):
     info = {"source_sha256": "ab" * 32, "ingest_version": 1, "counts": {"train": 10, "val": 5, "test": 5}}
     cfgs = [TrainConfig(epochs=30, seed=s) for s in (0, 1, 2)]
     trainings, kept = tmp_path / "trainings", tmp_path / "kept"
-    (kept / training_dir(cfgs[0], info, trainings).name).mkdir(parents=True)
-    (kept / training_dir(cfgs[0], info, trainings).name / "best.pt").write_bytes(b"")
+    whole = kept / training_dir(cfgs[0], info, trainings).name
+    whole.mkdir(parents=True)
+    for name in ("best.pt", "history.json", "config.json"):   # chain.KEPT_FILES
+        (whole / name).write_bytes(b"")
+    (kept / training_dir(cfgs[2], info, trainings).name).mkdir()   # a kept folder without its files counts not
     stopped = training_dir(cfgs[1], info, trainings)
     stopped.mkdir(parents=True)
     (stopped / "history.json").write_text(json.dumps([{"epoch": e} for e in range(1, 13)]))
