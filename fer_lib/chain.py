@@ -29,10 +29,10 @@ from .ensemble import build_ensemble, choose_members
 from .errors import UserError
 from .flags import check_settings, setting
 from .io import write_atomic
-from .models import count_macs, count_params, count_train_flops, create_model, load_checkpoint, load_model
+from .models import count_train_flops, create_model, load_checkpoint, load_model
 from .quantize import quantize_checkpoint
-from .train import (UNCHECKED, TrainConfig, changed_fields, export_checkpoint, finished, fit, model_kwargs,
-                    save_atomic)
+from .train import (UNCHECKED, TrainConfig, changed_fields, export_checkpoint, finished, finished_result, fit,
+                    model_kwargs, save_atomic)
 
 MADE = ("single", "ensemble", "live")   # OUT/<name>.pt, each written only when the profile makes it
 MADE_FILE = "made.json"                 # OUT/made.json: which of them this run made (notebook 04 reads it)
@@ -150,9 +150,7 @@ def kept_training(folder, cfg: TrainConfig) -> dict:
         history = json.loads((folder / "history.json").read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{folder / 'history.json'}: unreadable ({e}); keep the training again") from None
-    model = create_model(cfg.model, **model_kwargs(cfg))
-    return {"history": history, "best": ck["best"], "out": str(folder), "params": count_params(model),
-            "macs": count_macs(model), "wall_s": 0.0}
+    return finished_result(cfg, history, ck["best"], folder)
 
 
 def keep_trainings(trainings, kept=KEPT) -> list[tuple[str, str]]:

@@ -587,6 +587,13 @@ def finished(ck: dict, cfg: TrainConfig) -> bool:
     return ck["epoch"] >= cfg.epochs or bool(cfg.patience and ck["epoch"] - ck["best"]["epoch"] >= cfg.patience)
 
 
+def finished_result(cfg: TrainConfig, history: list, best: dict, out) -> dict:
+    """fit()'s result for a finished run it returns without training (wall_s 0: nothing ran now)."""
+    model = create_model(cfg.model, **model_kwargs(cfg))
+    return {"history": history, "best": best, "out": str(out), "params": count_params(model),
+            "macs": count_macs(model), "wall_s": 0.0}
+
+
 def changed_fields(ck: dict, cfg: TrainConfig, ignore: tuple = ()) -> list[str]:
     """The fields of cfg that the checkpoint's run was made with otherwise (UNCHECKED and `ignore` aside)."""
     saved, default = ck.get("config", {}), dataclasses.asdict(TrainConfig())
@@ -638,9 +645,7 @@ def fit(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False, i
     if ck is not None and finished(ck, cfg):
         print(f"{out} is finished (epoch {ck['epoch']}, best PublicTest acc {ck['best']['val_acc']:.4f} "
               f"at epoch {ck['best']['epoch']}); nothing to train")
-        model = create_model(cfg.model, **model_kwargs(cfg))
-        return {"history": ck["history"], "best": ck["best"], "out": str(out), "params": count_params(model),
-                "macs": count_macs(model), "wall_s": 0.0}
+        return finished_result(cfg, ck["history"], ck["best"], out)
     if cfg.batch_size < 2:
         raise UserError(f"--batch-size {cfg.batch_size}: batch-norm needs at least 2 faces per batch")
     s = setup(cfg)
